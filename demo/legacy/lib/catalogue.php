@@ -1,0 +1,16 @@
+<?php
+// The products the legacy site still knows about. Product 3 onwards has
+// already moved to the new Python app, so this site 404s them.
+declare(strict_types=1);
+
+const PRODUCTS = [
+    1 => ['name' => 'Brass desk lamp', 'price' => '39.00',
+          'blurb' => 'A heavy brass lamp with a green glass shade.'],
+    2 => ['name' => 'Oak bookshelf', 'price' => '149.00',
+          'blurb' => 'Five shelves of solid oak. Assembly required.'],
+];
+
+function find_product(int $id): ?array
+{
+    return PRODUCTS[$id] ?? null;
+}

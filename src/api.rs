@@ -1,0 +1,179 @@
+//! The `FallbackRoute` resource: the user-facing schema, shared by route files and the CRD.
+//!
+//! In: YAML or JSON written by users (files with `--routes`, or objects in the API server).
+//! Out: plain serde types that `routes::Route::from_spec` validates into routing data.
+//! Doc comments on fields become `kubectl explain` text, so they are written for users.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every fallthrough resource.
+pub const GROUP: &str = "fallthrough.dev";
+/// Version of the `FallbackRoute` schema.
+pub const VERSION: &str = "v1alpha1";
+/// Kind name of the route resource.
+pub const KIND: &str = "FallbackRoute";
+
+/// Default for `fallbackOn`: only "not found" sends a request on.
+pub const DEFAULT_FALLBACK_ON: &[u16] = &[404];
+/// Default for `maxReplayBytes`: 1 MiB.
+pub const DEFAULT_MAX_REPLAY_BYTES: u64 = 1024 * 1024;
+
+/// Sends every request to a legacy primary backend first and, when it answers a
+/// `fallbackOn` status (404 by default), the very same request to the fallback backend.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[kube(
+    group = "fallthrough.dev",
+    version = "v1alpha1",
+    kind = "FallbackRoute",
+    namespaced,
+    status = "FallbackRouteStatus",
+    shortname = "fbr",
+    printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FallbackRouteSpec {
+    /// Ingress class that should serve this route; unset means the controller's own class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_class_name: Option<String>,
+
+    /// Host names this route serves: exact (`shop.example.com`) or with a leading
+    /// wildcard label (`*.shop.example.com`, which matches any subdomain but not the
+    /// bare domain). Empty means any host. Matching ignores case and the port.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+
+    /// Path prefixes this route serves, segment-aware: `/app` matches `/app` and
+    /// `/app/x`, not `/apple`. Defaults to `["/"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+
+    /// The legacy backend every request goes to first.
+    pub primary: BackendRef,
+
+    /// The new backend that gets the request when the primary answers a `fallbackOn` status.
+    pub fallback: BackendRef,
+
+    /// Primary response statuses (300-599) that send the request on to the fallback.
+    /// Defaults to `[404]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_on: Option<Vec<u16>>,
+
+    /// Request bodies up to this many bytes are buffered so they can be replayed to the
+    /// fallback. Larger bodies stream to the primary only and are never retried.
+    /// Defaults to 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replay_bytes: Option<u64>,
+
+    /// When the fallback answers a `fallbackOn` status too, whose response the client
+    /// receives: `fallback` (default) or `primary` (keeps the legacy app's 404 page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_found_from: Option<NotFoundFrom>,
+
+    /// Also send the request to the fallback when the primary cannot be reached
+    /// (connection refused or connect timeout). The request has then not reached the
+    /// primary, so this is safe for every method. Default false: the client gets 502.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_on_error: Option<bool>,
+
+    /// Per-route upstream timeouts; unset fields use the proxy's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+}
+
+/// Where requests are sent: exactly one of `url` or `service`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendRef {
+    /// A fixed upstream, `http://host:port`. Used in file mode; in a cluster only when
+    /// the controller runs with `--allow-url-backends`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+
+    /// A Service in the route's namespace, resolved to its ready endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
+}
+
+/// A Kubernetes Service and one of its ports.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRef {
+    /// Name of the Service, in the route's namespace.
+    pub name: String,
+    /// Service port, by number or by name.
+    pub port: ServicePort,
+}
+
+/// A Service port given by number or by name.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(untagged)]
+pub enum ServicePort {
+    /// The port number.
+    Number(u16),
+    /// The port's name.
+    Name(String),
+}
+
+impl Default for ServicePort {
+    fn default() -> Self {
+        ServicePort::Number(80)
+    }
+}
+
+/// Whose response the client gets when neither backend serves the request.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum NotFoundFrom {
+    /// The fallback's response (status, headers and body).
+    #[default]
+    Fallback,
+    /// The primary's response, e.g. to keep the legacy app's 404 page.
+    Primary,
+}
+
+/// Upstream timeouts, as durations like `500ms`, `5s` or `2m`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    /// Time allowed to open a connection to a backend. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
+    /// Time allowed from sending a request until the backend's response head arrives.
+    /// Default 60s. On expiry the client gets 504.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_header: Option<String>,
+    /// How long an unused keep-alive connection to a backend stays open. Default 90s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
+}
+
+/// Observed state of a route, written by the controller.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FallbackRouteStatus {
+    /// `Accepted`, `ResolvedRefs` and `Programmed` conditions.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// A status condition in the Kubernetes convention.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type: `Accepted`, `ResolvedRefs` or `Programmed`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// Machine-readable reason in CamelCase.
+    pub reason: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The `metadata.generation` this condition was computed from.
+    pub observed_generation: Option<i64>,
+    /// When the status last changed (RFC 3339).
+    pub last_transition_time: Option<String>,
+}

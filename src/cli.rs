@@ -1,0 +1,90 @@
+//! Command-line interface: commands and flags, each flag also settable by environment.
+//!
+//! In: argv and `FALLTHROUGH_*` variables.
+//! Out: a parsed [`Cli`] for `main` to dispatch.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::routes::Timeouts;
+
+/// fallthrough: send every request to the legacy app first, and what it 404s to the new one.
+#[derive(Parser, Debug)]
+#[command(name = "fallthrough", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy (with --routes: routes from files, no cluster needed).
+    Run(RunArgs),
+    /// Check route files and exit: prints every error with file and line.
+    Check {
+        /// A route file (YAML, several documents allowed) or a directory of them.
+        #[arg(long, env = "FALLTHROUGH_ROUTES")]
+        routes: PathBuf,
+    },
+    /// Print the FallbackRoute CustomResourceDefinition as YAML.
+    Crd,
+}
+
+/// Log output format.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `fallthrough run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Route file or directory of route files; reloaded when they change and on SIGHUP.
+    #[arg(long, env = "FALLTHROUGH_ROUTES")]
+    pub routes: Option<PathBuf>,
+    /// Address for client HTTP traffic.
+    #[arg(long, env = "FALLTHROUGH_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "FALLTHROUGH_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: SocketAddr,
+    /// Log format.
+    #[arg(
+        long,
+        env = "FALLTHROUGH_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// On SIGTERM, how long in-flight requests may take to finish before exit.
+    #[arg(long, env = "FALLTHROUGH_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Default time to open an upstream connection (routes may override).
+    #[arg(long, env = "FALLTHROUGH_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Default time from sending a request upstream to its response head (routes may override).
+    #[arg(long, env = "FALLTHROUGH_RESPONSE_HEADER_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub response_header_timeout: Duration,
+    /// Default lifetime of an idle upstream keep-alive connection (routes may override).
+    #[arg(long, env = "FALLTHROUGH_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+impl RunArgs {
+    /// The timeouts routes get unless they set their own.
+    pub fn default_timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: self.connect_timeout,
+            response_header: self.response_header_timeout,
+            idle: self.idle_timeout,
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Routes from YAML files: `fallthrough run --routes FILE|DIR`.
+//!
+//! In: a file (one or more `---`-separated documents) or a directory of `*.yaml`,
+//! `*.yml` and `*.json` files, read in name order.
+//! Out: validated routes in load order, or every error found, each with its file and
+//! line. Also the change notifications (file events, debounced) that trigger reloads.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::api::{FallbackRouteSpec, GROUP, KIND, VERSION};
+use crate::index::{route_from_spec, InvalidRoute};
+use crate::routes::{Route, Timeouts};
+
+/// A problem in the route files; the message says where and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteFileError {
+    /// The path or a file in it cannot be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// What could not be read.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A directory holds no route files.
+    #[error("{0}: no route files (*.yaml, *.yml, *.json) in this directory")]
+    NoFiles(PathBuf),
+    /// A document is not valid YAML or does not fit the FallbackRoute schema.
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A route is well-formed YAML but cannot be served.
+    #[error("{path}:{line}: route {route}: {source}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line where the document starts.
+        line: usize,
+        /// `namespace/name`.
+        route: String,
+        /// What is wrong.
+        #[source]
+        source: InvalidRoute,
+    },
+    /// Two documents define the same namespace/name.
+    #[error("{path}:{line}: route {route} is defined twice (first at {first}); names must be unique per namespace")]
+    Duplicate {
+        /// The file of the second definition.
+        path: PathBuf,
+        /// Its line.
+        line: usize,
+        /// `namespace/name`.
+        route: String,
+        /// `file:line` of the first definition.
+        first: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RouteDocument {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    spec: FallbackRouteSpec,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    labels: Option<serde_yaml::Mapping>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    annotations: Option<serde_yaml::Mapping>,
+}
+
+/// The route files under `path`, in load order.
+pub fn route_files(path: &Path) -> Result<Vec<PathBuf>, RouteFileError> {
+    let read_err = |source| RouteFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Kubernetes ConfigMap mounts keep old copies in `..data`-style hidden entries.
+        if name.starts_with('.') {
+            continue;
+        }
+        let is_route_file = [".yaml", ".yml", ".json"].iter().any(|e| name.ends_with(e));
+        if is_route_file && entry.path().is_file() {
+            files.push(entry.path());
+        }
+    }
+    if files.is_empty() {
+        return Err(RouteFileError::NoFiles(path.to_path_buf()));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Loads every route under `path`. Any error fails the whole load, so a typo never
+/// silently drops a route: the caller keeps serving what it had.
+pub fn load(path: &Path, defaults: Timeouts) -> Result<Vec<Route>, Vec<RouteFileError>> {
+    let files = route_files(path).map_err(|e| vec![e])?;
+    let mut routes = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for file in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(source) => {
+                errors.push(RouteFileError::Read { path: file, source });
+                continue;
+            }
+        };
+        for (line, doc) in documents(&text) {
+            match parse_document(&file, line, doc, defaults) {
+                Ok(route) => {
+                    let key = format!("{}/{}", route.namespace, route.name);
+                    if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+                        errors.push(RouteFileError::Duplicate {
+                            path: file.clone(),
+                            line,
+                            route: key,
+                            first: first.clone(),
+                        });
+                        continue;
+                    }
+                    seen.push((key, format!("{}:{line}", file.display())));
+                    routes.push(route);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(routes)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Splits a YAML stream into documents with the 1-based line each starts on, skipping
+/// documents with nothing but comments and blank lines.
+fn documents(text: &str) -> Vec<(usize, &str)> {
+    let mut docs = Vec::new();
+    let mut start_line = 1;
+    let mut start_byte = 0;
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.trim_end();
+        if bare == "---" || bare.starts_with("--- ") || bare == "..." {
+            docs.push((start_line, &text[start_byte..offset]));
+            start_line = i + 2;
+            start_byte = offset + line.len();
+        }
+        offset += line.len();
+    }
+    docs.push((start_line, &text[start_byte..]));
+    docs.into_iter()
+        .filter(|(_, d)| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
+        .collect()
+}
+
+fn parse_document(
+    path: &Path,
+    first_line: usize,
+    doc: &str,
+    defaults: Timeouts,
+) -> Result<Route, RouteFileError> {
+    let parse_err = |line: usize, message: String| RouteFileError::Parse {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    let mut unknown = Vec::new();
+    let parsed: Result<RouteDocument, _> =
+        serde_ignored::deserialize(serde_yaml::Deserializer::from_str(doc), |p| {
+            unknown.push(p.to_string())
+        });
+    let parsed = parsed.map_err(|e| {
+        let line = e.location().map_or(0, |l| l.line().saturating_sub(1));
+        parse_err(first_line + line, e.to_string())
+    })?;
+    if let Some(field) = unknown.first() {
+        let key = field.rsplit('.').next().unwrap_or(field);
+        return Err(parse_err(
+            first_line + line_of_key(doc, key),
+            format!("unknown field {field:?}: check its spelling against the FallbackRoute schema (`fallthrough crd`)"),
+        ));
+    }
+    let expected = format!("{GROUP}/{VERSION}");
+    if parsed.api_version != expected || parsed.kind != KIND {
+        return Err(parse_err(
+            first_line,
+            format!(
+                "expected apiVersion: {expected} and kind: {KIND}, found {} {}",
+                parsed.api_version, parsed.kind
+            ),
+        ));
+    }
+    let namespace = parsed.metadata.namespace.as_deref().unwrap_or("default");
+    route_from_spec(namespace, &parsed.metadata.name, &parsed.spec, defaults).map_err(|source| {
+        RouteFileError::Invalid {
+            path: path.to_path_buf(),
+            line: first_line,
+            route: format!("{namespace}/{}", parsed.metadata.name),
+            source,
+        }
+    })
+}
+
+/// Best-effort 0-based line of `key:` in a document, for pointing at unknown fields.
+fn line_of_key(doc: &str, key: &str) -> usize {
+    doc.lines()
+        .position(|l| {
+            let l = l.trim_start().trim_start_matches("- ");
+            l.strip_prefix(key).is_some_and(|r| r.starts_with(':'))
+                || l.strip_prefix(&format!("\"{key}\""))
+                    .is_some_and(|r| r.starts_with(':'))
+        })
+        .unwrap_or(0)
+}
+
+/// Watches `path` (and, for a file, its directory, so editors' rename-and-replace and
+/// ConfigMap symlink swaps are seen) and sends a unit on `changed_tx` after each burst
+/// of changes. The returned watcher must be kept alive.
+pub fn watch(
+    path: &Path,
+    changed_tx: mpsc::Sender<()>,
+) -> Result<notify::RecommendedWatcher, notify::Error> {
+    use notify::{RecursiveMode, Watcher};
+    let watched: HashSet<PathBuf> = match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => [path.to_path_buf()].into(),
+        _ => [path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf()]
+        .into(),
+    };
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            // A full channel already holds a pending reload: this change will be in it.
+            let _ = changed_tx.try_send(());
+        }
+    })?;
+    for dir in &watched {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    }
+    Ok(watcher)
+}
+
+/// Waits out a burst of change events so one save is one reload.
+pub async fn debounce(changed_rx: &mut mpsc::Receiver<()>) -> Option<()> {
+    changed_rx.recv().await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while changed_rx.try_recv().is_ok() {}
+    Some(())
+}

@@ -1,0 +1,291 @@
+//! Primary first, fallback on a `fallbackOn` status: the heart of fallthrough.
+//!
+//! In: a routed client request.
+//! Out: the response the client gets, from the primary or the fallback, decided on the
+//! primary's response head before any byte goes to the client; or a [`ProxyError`].
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::body::{read_request_body, read_response_prefix, ClientBody, RequestBody, UpstreamBody};
+use super::headers::{is_upgrade, remove_hop_by_hop, set_forwarded};
+use super::rescue::ProxyError;
+use super::{ConnInfo, RouteRuntime};
+use crate::routes::{Answerer, Backend, Route};
+
+/// How long a client may take to send a body that is being buffered for replay.
+const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How much of a primary's "not found" body is read so its connection can be reused
+/// (and, with `notFoundFrom: primary`, kept to answer with).
+const PRIMARY_BODY_KEEP: usize = 64 * 1024;
+
+pub(super) async fn forward(
+    route: &Route,
+    rt: &RouteRuntime,
+    mut req: Request<Incoming>,
+    conn: &ConnInfo,
+) -> Result<Response<ClientBody>, ProxyError> {
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    prepare_head(&mut parts, conn, upgrade);
+
+    let body = tokio::time::timeout(
+        CLIENT_BODY_TIMEOUT,
+        read_request_body(body, route.max_replay_bytes),
+    )
+    .await
+    .map_err(|_| ProxyError::ClientBodyTimeout)?
+    .map_err(ProxyError::ClientBody)?;
+    let (body, replay) = match body {
+        RequestBody::Replayable(body) => {
+            let replay = body.replay();
+            (body, replay)
+        }
+        RequestBody::Streaming(body) => (body, None),
+    };
+
+    let primary = send(
+        rt,
+        route,
+        Answerer::Primary,
+        upstream_request(&parts, &route.primary, body),
+    )
+    .await;
+    let primary = match primary {
+        Ok(resp) if route.falls_back_on(resp.status().as_u16()) => resp,
+        Ok(resp) => return Ok(respond(rt, Answerer::Primary, resp, client_upgrade)),
+        Err(err @ ProxyError::UpstreamConnect { .. }) if route.fallback_on_error => {
+            let Some(replay) = replay else {
+                rt.metrics.fallback_skipped_body_too_large();
+                return Err(err);
+            };
+            rt.metrics.fallback_on_error();
+            let resp = send(
+                rt,
+                route,
+                Answerer::Fallback,
+                into_request(parts, &route.fallback, replay),
+            )
+            .await?;
+            return Ok(respond(rt, Answerer::Fallback, resp, client_upgrade));
+        }
+        Err(err) => return Err(err),
+    };
+
+    let Some(replay) = replay else {
+        rt.metrics.fallback_skipped_body_too_large();
+        return Ok(respond(rt, Answerer::Primary, primary, client_upgrade));
+    };
+    rt.metrics.fallback_on_status();
+    let kept = keep_primary_answer(route, primary).await;
+    let fallback = send(
+        rt,
+        route,
+        Answerer::Fallback,
+        into_request(parts, &route.fallback, replay),
+    )
+    .await?;
+    match kept {
+        Some(kept) if route.falls_back_on(fallback.status().as_u16()) => {
+            // Neither serves it; `notFoundFrom: primary` keeps the legacy answer.
+            Ok(respond_kept(rt, kept))
+        }
+        _ => Ok(respond(rt, Answerer::Fallback, fallback, client_upgrade)),
+    }
+}
+
+/// A primary response read (in part) while the fallback is asked.
+struct KeptAnswer {
+    parts: http::response::Parts,
+    prefix: Vec<Bytes>,
+    rest: Option<Incoming>,
+}
+
+/// Reads the primary's "not found" body so its connection returns to the pool, keeping
+/// it only when `notFoundFrom: primary` may need it.
+async fn keep_primary_answer(route: &Route, resp: Response<Incoming>) -> Option<KeptAnswer> {
+    let (parts, body) = resp.into_parts();
+    match route.not_found_from {
+        Answerer::Primary => {
+            let (prefix, rest) = match read_response_prefix(body, PRIMARY_BODY_KEEP).await {
+                Ok(read) => read,
+                Err(_) => (Vec::new(), None),
+            };
+            Some(KeptAnswer {
+                parts,
+                prefix,
+                rest,
+            })
+        }
+        Answerer::Fallback => {
+            // An error or an oversized body only costs the connection's reuse.
+            let _ = read_response_prefix(body, PRIMARY_BODY_KEEP).await;
+            None
+        }
+    }
+}
+
+/// Rewrites the client's request head into the head every upstream attempt shares.
+fn prepare_head(parts: &mut Parts, conn: &ConnInfo, upgrade: bool) {
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    remove_hop_by_hop(&mut parts.headers, upgrade);
+    // The body is read before the upstream sees the request, so 100-continue is done.
+    parts.headers.remove(header::EXPECT);
+    set_forwarded(
+        &mut parts.headers,
+        &conn.client_ip,
+        conn.proto,
+        host.clone(),
+    );
+    if let Some(host) = host {
+        // HTTP/2 clients send :authority, HTTP/1.1 upstreams need Host.
+        parts.headers.entry(header::HOST).or_insert(host);
+    }
+}
+
+fn upstream_uri(parts: &Parts, backend: &Backend) -> Uri {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(backend.scheme.clone());
+    uri.authority = Some(backend.authority.clone());
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(uri).expect("scheme, authority and path make a valid URI")
+}
+
+/// The request for one attempt, leaving `parts` for the next.
+fn upstream_request(parts: &Parts, backend: &Backend, body: UpstreamBody) -> Request<UpstreamBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = upstream_uri(parts, backend);
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}
+
+/// The request for the last attempt, consuming `parts`.
+fn into_request(parts: Parts, backend: &Backend, body: UpstreamBody) -> Request<UpstreamBody> {
+    let uri = upstream_uri(&parts, backend);
+    let mut req = Request::from_parts(parts, body);
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    req
+}
+
+/// One upstream attempt, timed and classified.
+async fn send(
+    rt: &RouteRuntime,
+    route: &Route,
+    backend: Answerer,
+    req: Request<UpstreamBody>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let started = Instant::now();
+    let result = tokio::time::timeout(route.timeouts.response_header, rt.client.request(req)).await;
+    rt.metrics.upstream_attempt(backend, started.elapsed());
+    let err = match result {
+        Ok(Ok(resp)) => return Ok(resp),
+        Err(_) => ProxyError::UpstreamTimeout(backend),
+        Ok(Err(e)) if e.is_connect() => ProxyError::UpstreamConnect {
+            backend,
+            timed_out: timed_out(&e),
+            source: e,
+        },
+        Ok(Err(e)) => ProxyError::Upstream {
+            backend,
+            source: Box::new(e),
+        },
+    };
+    if let Some((backend, kind)) = err.upstream_kind() {
+        rt.metrics.upstream_error(backend, kind);
+    }
+    Err(err)
+}
+
+/// Whether a connect error was the connect timeout expiring.
+fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = err.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Streams an upstream response to the client, tunnelling it when it switched protocols.
+fn respond(
+    rt: &RouteRuntime,
+    backend: Answerer,
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+) -> Response<ClientBody> {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        if let Some(client) = client_upgrade {
+            tunnel(client, hyper::upgrade::on(&mut resp));
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    rt.metrics.response(backend, parts.status.as_str());
+    remove_hop_by_hop(&mut parts.headers, switching);
+    // The upstream's protocol version is its own business; hyper speaks the client's.
+    parts.version = Version::default();
+    let body = if switching {
+        ClientBody::empty()
+    } else {
+        ClientBody::upstream(body)
+    };
+    Response::from_parts(parts, body)
+}
+
+fn respond_kept(rt: &RouteRuntime, kept: KeptAnswer) -> Response<ClientBody> {
+    let KeptAnswer {
+        mut parts,
+        prefix,
+        rest,
+    } = kept;
+    rt.metrics
+        .response(Answerer::Primary, parts.status.as_str());
+    remove_hop_by_hop(&mut parts.headers, false);
+    parts.version = Version::default();
+    Response::from_parts(parts, ClientBody::upstream_prefixed(prefix, rest))
+}
+
+/// Copies bytes both ways once client and upstream have both switched protocols.
+fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(both) => both,
+            Err(err) => {
+                tracing::debug!(error = %err, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %err, "tunnel closed");
+        }
+    });
+}

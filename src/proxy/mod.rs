@@ -1,0 +1,167 @@
+//! The data plane: accepts client requests and answers them from the primary or fallback.
+//!
+//! In: route tables published by a provider ([`Proxy::publish`]) and client connections
+//! ([`listener::serve`]).
+//! Out: responses to clients, upstream requests, and metrics.
+//! Request phases: pick route → read (and maybe buffer) the body → primary → decide on
+//! its response head → maybe fallback → stream the chosen response. Nothing is sent to
+//! the client before the decision.
+
+pub mod body;
+mod forward;
+pub mod headers;
+pub mod listener;
+pub mod rescue;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Method, Request, Response, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::routes::RouteTable;
+use body::ClientBody;
+use rescue::{rescue, ProxyError};
+
+/// HTTP client with keep-alive pools, one pool per upstream address.
+pub type UpstreamClient = Client<HttpConnector, body::UpstreamBody>;
+
+/// A routing table plus what the proxy needs per route at request time.
+pub struct Snapshot {
+    table: RouteTable,
+    runtimes: Vec<RouteRuntime>,
+}
+
+/// Per-route request-time state, parallel to the table's routes.
+struct RouteRuntime {
+    metrics: Arc<RouteMetrics>,
+    client: UpstreamClient,
+}
+
+/// What the proxy knows about one client connection.
+#[derive(Clone)]
+pub struct ConnInfo {
+    client_ip: HeaderValue,
+    proto: &'static str,
+}
+
+impl ConnInfo {
+    /// A plain-HTTP connection from `peer`.
+    pub fn http(peer: SocketAddr) -> Self {
+        let ip = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP is a valid header");
+        ConnInfo {
+            client_ip: ip,
+            proto: "http",
+        }
+    }
+}
+
+/// The proxy: the current snapshot and the upstream connection pools.
+pub struct Proxy {
+    snapshot: ArcSwap<Snapshot>,
+    metrics: Arc<Metrics>,
+    /// Clients by (connect timeout, idle timeout). Reused across reloads so that
+    /// keep-alive connections survive a table swap.
+    clients: Mutex<HashMap<(Duration, Duration), UpstreamClient>>,
+}
+
+impl Proxy {
+    /// A proxy serving an empty table: every request gets 404 until routes are published.
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Proxy {
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                table: RouteTable::default(),
+                runtimes: Vec::new(),
+            }),
+            metrics,
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Swaps in a new table. Requests already in flight finish on the table they started with.
+    pub fn publish(&self, table: RouteTable) {
+        let runtimes = table
+            .routes()
+            .iter()
+            .map(|route| RouteRuntime {
+                metrics: Arc::new(self.metrics.route(route)),
+                client: self.client(route.timeouts.connect, route.timeouts.idle),
+            })
+            .collect();
+        self.snapshot.store(Arc::new(Snapshot { table, runtimes }));
+    }
+
+    fn client(&self, connect: Duration, idle: Duration) -> UpstreamClient {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry((connect, idle))
+            .or_insert_with(|| {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(connect));
+                Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(idle)
+                    // The client's own Host header is kept; never invent one from the upstream URL.
+                    .set_host(false)
+                    .build(connector)
+            })
+            .clone()
+    }
+
+    /// Handles one client request; never fails, errors become responses.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ClientBody> {
+        let started = Instant::now();
+        let snapshot = self.snapshot.load_full();
+        if req.method() == Method::CONNECT {
+            return self.unrouted(&ProxyError::ConnectMethod);
+        }
+        let host = match request_host(&req) {
+            Some(host) => host,
+            None if req.version() >= Version::HTTP_11 => {
+                return self.unrouted(&ProxyError::MissingHost)
+            }
+            None => "",
+        };
+        let Some(idx) = snapshot.table.lookup(host, req.uri().path()) else {
+            return self.unrouted(&ProxyError::NoRoute);
+        };
+        let route = snapshot.table.route(idx);
+        let rt = &snapshot.runtimes[idx];
+        match forward::forward(route, rt, req, conn).await {
+            Ok(resp) => resp.map(|b| b.timed(body::RequestTimer::new(started, rt.metrics.clone()))),
+            Err(err) => {
+                tracing::warn!(
+                    route = %format_args!("{}/{}", route.namespace, route.name),
+                    error = %err,
+                    "request failed"
+                );
+                let resp = rescue(&err);
+                rt.metrics.own_response(resp.status().as_str());
+                resp.map(|b| b.timed(body::RequestTimer::new(started, rt.metrics.clone())))
+            }
+        }
+    }
+
+    fn unrouted(&self, err: &ProxyError) -> Response<ClientBody> {
+        let resp = rescue(err);
+        self.metrics.unrouted_response(resp.status().as_str());
+        resp
+    }
+}
+
+/// The host a request is for: the URI's authority (HTTP/2, absolute-form), else `Host`.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}

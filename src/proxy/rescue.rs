@@ -1,0 +1,121 @@
+//! The one place where proxy errors become HTTP responses.
+//!
+//! In: a [`ProxyError`] from any step of handling a request.
+//! Out: a short plain-text response with the status the error calls for. Bodies name
+//! the condition but never upstream addresses or internals; the log has those.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::body::ClientBody;
+use crate::routes::Answerer;
+
+/// Everything that can stop a request from getting an upstream's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route serves this host and path.
+    #[error("no route for this host and path")]
+    NoRoute,
+    /// An HTTP/1.1 request without a Host header.
+    #[error("request has no Host header")]
+    MissingHost,
+    /// CONNECT is for forward proxies; fallthrough is a reverse proxy.
+    #[error("CONNECT is not supported")]
+    ConnectMethod,
+    /// The client's request body could not be read (malformed chunking, reset).
+    #[error("reading the request body failed: {0}")]
+    ClientBody(#[source] hyper::Error),
+    /// The client took too long to send its body.
+    #[error("the request body did not arrive in time")]
+    ClientBodyTimeout,
+    /// A backend refused the connection or did not accept it in time; the request
+    /// never reached it.
+    #[error("cannot connect to the {backend:?} backend: {source}")]
+    UpstreamConnect {
+        /// Which backend.
+        backend: Answerer,
+        /// The connect timeout expired (504) rather than a refusal (502).
+        timed_out: bool,
+        /// The connection error.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// A backend did not send its response head in time.
+    #[error("the {0:?} backend did not answer in time")]
+    UpstreamTimeout(Answerer),
+    /// A backend broke the exchange (reset, malformed response).
+    #[error("the {backend:?} backend failed: {source}")]
+    Upstream {
+        /// Which backend.
+        backend: Answerer,
+        /// What happened.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl ProxyError {
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::MissingHost | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::UpstreamConnect {
+                timed_out: true, ..
+            }
+            | ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+        }
+    }
+
+    /// The `kind` label of `fallthrough_upstream_errors_total`, for upstream errors.
+    pub fn upstream_kind(&self) -> Option<(Answerer, &'static str)> {
+        match self {
+            ProxyError::UpstreamConnect {
+                backend, timed_out, ..
+            } => Some((*backend, if *timed_out { "timeout" } else { "connect" })),
+            ProxyError::UpstreamTimeout(backend) => Some((*backend, "timeout")),
+            ProxyError::Upstream { backend, .. } => Some((*backend, "protocol")),
+            _ => None,
+        }
+    }
+
+    fn body(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "fallthrough: no route for this host and path\n",
+            ProxyError::MissingHost => "fallthrough: bad request: missing Host header\n",
+            ProxyError::ConnectMethod => "fallthrough: CONNECT is not supported\n",
+            ProxyError::ClientBody(_) => "fallthrough: bad request: unreadable request body\n",
+            ProxyError::ClientBodyTimeout => "fallthrough: request body timed out\n",
+            ProxyError::UpstreamConnect {
+                timed_out: false, ..
+            }
+            | ProxyError::Upstream { .. } => {
+                "fallthrough: bad gateway: the backend could not be reached or failed\n"
+            }
+            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamTimeout(_) => {
+                "fallthrough: gateway timeout: the backend did not answer in time\n"
+            }
+        }
+    }
+}
+
+/// Turns an error into the response the client receives.
+pub fn rescue(err: &ProxyError) -> Response<ClientBody> {
+    let status = err.status();
+    let mut resp = Response::new(ClientBody::full(err.body()));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if status.is_client_error() && status != StatusCode::NOT_FOUND {
+        // The connection's state is unknown after a broken request: do not reuse it.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}

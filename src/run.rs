@@ -1,0 +1,267 @@
+//! The commands: `run` wires provider, proxy and admin server together; `check` and
+//! `crd` print and exit.
+//!
+//! In: parsed command-line arguments, signals (SIGHUP reloads; SIGTERM/SIGINT drain,
+//! a second one exits at once).
+//! Out: a running proxy until shutdown, logs, and the process exit status.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+use tracing_subscriber::EnvFilter;
+
+use crate::admin::{self, Readiness};
+use crate::cli::{LogFormat, RunArgs};
+use crate::metrics::Metrics;
+use crate::provider::files::{self, RouteFileError};
+use crate::proxy::listener::{self, Drained};
+use crate::proxy::Proxy;
+use crate::routes::{Route, RouteTable, Timeouts};
+
+/// Why a command could not do its job.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// `run` without `--routes`.
+    #[error("no --routes given: pass --routes FILE|DIR (or set FALLTHROUGH_ROUTES); the Kubernetes controller mode is not available in this build yet")]
+    NoRoutes,
+    /// The route files are invalid at startup; every error was logged.
+    #[error("{0} error(s) in the route files (listed above); fix them and start again")]
+    InvalidRoutes(usize),
+    /// A listening address is taken or not allowed.
+    #[error("cannot listen for {what} on {addr}: {source}; choose another address with --{flag}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The flag that sets it.
+        flag: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The async runtime or signal handlers could not start.
+    #[error("cannot start: {0}")]
+    Runtime(#[from] std::io::Error),
+    /// The CRD could not be rendered.
+    #[error("cannot render the CRD: {0}")]
+    Crd(#[from] serde_yaml::Error),
+}
+
+/// Logs to stderr as text or JSON; `RUST_LOG` overrides the default `info` level.
+pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// `fallthrough run`.
+pub fn run(args: RunArgs) -> Result<(), RunError> {
+    init_logging(args.log_format);
+    let Some(routes) = args.routes.clone() else {
+        return Err(RunError::NoRoutes);
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve_files(args, routes))
+}
+
+/// `fallthrough check`: validates route files, prints every problem.
+pub fn check(path: &Path) -> Result<(), RunError> {
+    match files::load(path, Timeouts::default()) {
+        Ok(routes) => {
+            let (table, conflicts) = RouteTable::build(routes);
+            for conflict in &conflicts {
+                eprintln!("warning: {conflict}");
+            }
+            println!(
+                "{}: {} route(s) OK, {} left out by conflicts",
+                path.display(),
+                table.routes().len(),
+                conflicts.len()
+            );
+            Ok(())
+        }
+        Err(errors) => {
+            for err in &errors {
+                eprintln!("error: {err}");
+            }
+            Err(RunError::InvalidRoutes(errors.len()))
+        }
+    }
+}
+
+/// `fallthrough crd`: the CustomResourceDefinition generated from the Rust types.
+pub fn crd_yaml() -> Result<String, RunError> {
+    use kube::CustomResourceExt;
+    Ok(serde_yaml::to_string(&crate::api::FallbackRoute::crd())?)
+}
+
+async fn bind(
+    what: &'static str,
+    flag: &'static str,
+    addr: SocketAddr,
+) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            what,
+            addr,
+            flag,
+            source,
+        })
+}
+
+async fn serve_files(args: RunArgs, path: PathBuf) -> Result<(), RunError> {
+    let defaults = args.default_timeouts();
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::default());
+    let proxy = Proxy::new(metrics.clone());
+
+    let routes = files::load(&path, defaults).map_err(|errors| {
+        log_file_errors(&errors, "cannot start");
+        RunError::InvalidRoutes(errors.len())
+    })?;
+    tracing::info!(routes = routes.len(), path = %path.display(), "routes loaded");
+    publish(&proxy, &metrics, routes.clone());
+    metrics.reloaded(true);
+
+    let http = bind("HTTP", "http-addr", args.http_addr).await?;
+    let admin = bind("the admin server", "admin-addr", args.admin_addr).await?;
+    tracing::info!("listening for HTTP on {}", http.local_addr()?);
+    tracing::info!("admin server listening on {}", admin.local_addr()?);
+    readiness.set_loaded();
+
+    let (changed_tx, changed_rx) = mpsc::channel(1);
+    // Without file events (e.g. inotify limits) SIGHUP still reloads.
+    let _watcher = files::watch(&path, changed_tx.clone())
+        .map_err(|e| tracing::warn!(error = %e, "cannot watch the route files; reload with SIGHUP"))
+        .ok();
+    tokio::spawn(reload_on_sighup(changed_tx)?);
+    tokio::spawn(reload_loop(
+        path,
+        defaults,
+        proxy.clone(),
+        metrics.clone(),
+        routes,
+        changed_rx,
+    ));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(stop_on_signals(readiness.clone(), stop_tx)?);
+    let admin_task = tokio::spawn(admin::serve(
+        admin,
+        metrics.clone(),
+        readiness,
+        stopped(stop_rx.clone()),
+    ));
+    match listener::serve(proxy, http, stopped(stop_rx), args.shutdown_grace).await {
+        Drained::Clean => tracing::info!("drained; exiting"),
+        Drained::GraceExpired => tracing::warn!(
+            grace = ?args.shutdown_grace,
+            "grace period over with requests still in flight; exiting anyway"
+        ),
+    }
+    admin_task.abort();
+    Ok(())
+}
+
+fn publish(proxy: &Proxy, metrics: &Metrics, routes: Vec<Route>) {
+    let (table, conflicts) = RouteTable::build(routes);
+    for conflict in &conflicts {
+        tracing::error!("{conflict}");
+    }
+    metrics.table_published(table.routes().len(), conflicts.len());
+    proxy.publish(table);
+}
+
+fn log_file_errors(errors: &[RouteFileError], outcome: &str) {
+    for err in errors {
+        tracing::error!("{outcome}: {err}");
+    }
+}
+
+async fn reload_loop(
+    path: PathBuf,
+    defaults: Timeouts,
+    proxy: Arc<Proxy>,
+    metrics: Arc<Metrics>,
+    mut serving: Vec<Route>,
+    mut changed_rx: mpsc::Receiver<()>,
+) {
+    while files::debounce(&mut changed_rx).await.is_some() {
+        let load_path = path.clone();
+        // File reads and YAML parsing stay off the proxy's worker threads.
+        let loaded = tokio::task::spawn_blocking(move || files::load(&load_path, defaults)).await;
+        match loaded {
+            Ok(Ok(routes)) => {
+                metrics.reloaded(true);
+                if routes != serving {
+                    tracing::info!(routes = routes.len(), "routes reloaded");
+                    publish(&proxy, &metrics, routes.clone());
+                    serving = routes;
+                }
+            }
+            Ok(Err(errors)) => {
+                metrics.reloaded(false);
+                log_file_errors(&errors, "reload failed, previous routes keep serving");
+            }
+            Err(join) => {
+                metrics.reloaded(false);
+                tracing::error!(error = %join, "reload failed, previous routes keep serving");
+            }
+        }
+    }
+}
+
+fn reload_on_sighup(
+    changed_tx: mpsc::Sender<()>,
+) -> Result<impl std::future::Future<Output = ()>, RunError> {
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading routes");
+            let _ = changed_tx.try_send(());
+        }
+    })
+}
+
+fn stop_on_signals(
+    readiness: Arc<Readiness>,
+    stop_tx: watch::Sender<bool>,
+) -> Result<impl std::future::Future<Output = ()>, RunError> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutdown signal: draining (send it again to exit at once)");
+        readiness.set_draining();
+        let _ = stop_tx.send(true);
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second shutdown signal: exiting without waiting");
+        std::process::exit(130);
+    })
+}
+
+async fn stopped(mut stop_rx: watch::Receiver<bool>) {
+    let _ = stop_rx.wait_for(|stop| *stop).await;
+}

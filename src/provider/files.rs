@@ -284,3 +284,124 @@ pub async fn debounce(changed_rx: &mut mpsc::Receiver<()>) -> Option<()> {
     while changed_rx.try_recv().is_ok() {}
     Some(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "apiVersion: fallthrough.dev/v1alpha1
+kind: FallbackRoute
+metadata: {name: shop, namespace: web}
+spec:
+  primary: {url: \"http://127.0.0.1:8080\"}
+  fallback: {url: \"http://127.0.0.1:8000\"}
+";
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn errors_of(path: &Path) -> Vec<String> {
+        load(path, Timeouts::default())
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn multi_document_files_load_in_order_with_default_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let second = GOOD.replace("{name: shop, namespace: web}", "{name: blog}");
+        let path = write(
+            dir.path(),
+            "r.yaml",
+            &format!("# routes\n---\n{GOOD}---\n{second}"),
+        );
+        let routes = load(&path, Timeouts::default()).unwrap();
+        let names: Vec<_> = routes
+            .iter()
+            .map(|r| format!("{}/{}", r.namespace, r.name))
+            .collect();
+        assert_eq!(names, ["web/shop", "default/blog"]);
+    }
+
+    #[test]
+    fn directories_load_yaml_files_by_name_and_skip_hidden_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "b.yaml", &GOOD.replace("shop", "b"));
+        write(dir.path(), "a.yml", &GOOD.replace("shop", "a"));
+        write(dir.path(), ".hidden.yaml", "not: [valid");
+        write(dir.path(), "notes.txt", "ignored");
+        let routes = load(dir.path(), Timeouts::default()).unwrap();
+        assert_eq!(
+            routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn yaml_errors_name_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = GOOD.replace("  fallback: {url", "  fallback: [url");
+        let path = write(dir.path(), "r.yaml", &format!("{GOOD}---\n{broken}"));
+        let errors = errors_of(&path);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let expected = format!("{}:13:", path.display());
+        assert!(
+            errors[0].starts_with(&expected),
+            "{errors:?} should start with {expected}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let typo = format!("{GOOD}  fallbackon: [410]\n");
+        let path = write(dir.path(), "r.yaml", &typo);
+        let errors = errors_of(&path);
+        assert!(
+            errors[0].starts_with(&format!("{}:7:", path.display())),
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("spec.fallbackon"), "{errors:?}");
+    }
+
+    #[test]
+    fn invalid_routes_name_the_route_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = GOOD.replace("http://127.0.0.1:8000", "https://127.0.0.1:8000");
+        let path = write(dir.path(), "r.yaml", &format!("---\n{bad}"));
+        let errors = errors_of(&path);
+        assert!(
+            errors[0].starts_with(&format!("{}:2: route web/shop:", path.display())),
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("https"), "{errors:?}");
+    }
+
+    #[test]
+    fn duplicate_names_and_wrong_kinds_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "r.yaml",
+            &format!(
+                "{GOOD}---\n{GOOD}---\n{}",
+                GOOD.replace("kind: FallbackRoute", "kind: Ingress")
+            ),
+        );
+        let errors = errors_of(&path);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("defined twice"), "{errors:?}");
+        assert!(errors[1].contains("expected apiVersion"), "{errors:?}");
+    }
+
+    #[test]
+    fn an_empty_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(errors_of(dir.path())[0].contains("no route files"));
+    }
+}

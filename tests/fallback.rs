@@ -1,0 +1,345 @@
+//! Forwarding semantics through the real binary: primary first, fallback on 404.
+
+mod support;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use support::*;
+
+#[tokio::test]
+async fn primary_hit_is_served_by_the_primary_alone() {
+    let php = backend("php").on("/old", 200, "legacy page").start().await;
+    let py = backend("py").start().await;
+    let ft = Fallthrough::start(&route("shop", &php.url(), &py.url(), "")).await;
+
+    let (status, headers, body) = ft.get("/old?x=1").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-backend"], "php");
+    assert_eq!(body, "legacy page");
+    assert!(py.seen().is_empty(), "the fallback must not be asked");
+    assert_eq!(php.seen()[0].uri, "/old?x=1");
+}
+
+#[tokio::test]
+async fn a_primary_404_is_answered_by_the_fallback_with_the_same_request() {
+    let php = backend("php").status(404).body("php 404").start().await;
+    let py = backend("py").body("python page").start().await;
+    let ft = Fallthrough::start(&route("shop", &php.url(), &py.url(), "")).await;
+
+    let req = Request::get("/new/page?q=2")
+        .header("host", "shop.example.com")
+        .header("x-custom", "kept")
+        .header("x-forwarded-for", "203.0.113.7")
+        .body(Full::default())
+        .unwrap();
+    let (status, headers, body) = send(ft.http, req).await;
+    assert_eq!((status.as_u16(), body.as_ref()), (200, &b"python page"[..]));
+    assert_eq!(headers["x-backend"], "py");
+
+    let (to_php, to_py) = (&php.seen()[0], &py.seen()[0]);
+    for seen in [to_php, to_py] {
+        assert_eq!(seen.method, "GET");
+        assert_eq!(seen.uri, "/new/page?q=2");
+        assert_eq!(
+            seen.headers["host"], "shop.example.com",
+            "the client's Host is kept"
+        );
+        assert_eq!(seen.headers["x-custom"], "kept");
+        assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+        assert_eq!(seen.headers["x-forwarded-proto"], "http");
+        assert_eq!(seen.headers["x-forwarded-host"], "shop.example.com");
+    }
+}
+
+#[tokio::test]
+async fn post_and_put_bodies_are_replayed_byte_identical() {
+    let php = backend("php").status(404).start().await;
+    let py = backend("py").start().await;
+    let ft = Fallthrough::start(&route("shop", &php.url(), &py.url(), "")).await;
+
+    let fixed = noise(300 * 1024, 1);
+    let req = Request::post("/form")
+        .header("content-type", "application/octet-stream")
+        .body(Full::new(Bytes::from(fixed.clone())))
+        .unwrap();
+    let (status, ..) = send(ft.http, req).await;
+    assert_eq!(status, 200);
+
+    // A chunked body of unknown length, sent in pieces.
+    let chunked = noise(200 * 1024, 2);
+    let pieces: Vec<_> = chunked
+        .chunks(7000)
+        .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    let body = StreamBody::new(futures_util::stream::iter(pieces));
+    let client: hyper_util::client::legacy::Client<_, _> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let req = Request::put(format!("http://{}/upload", ft.http))
+        .body(body)
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+
+    let (php, py) = (php.seen(), py.seen());
+    assert_eq!(
+        (php[0].method.as_str(), py[0].method.as_str()),
+        ("POST", "POST")
+    );
+    assert!(
+        php[0].body == fixed && py[0].body == fixed,
+        "POST body differs"
+    );
+    assert_eq!(
+        (php[1].method.as_str(), py[1].method.as_str()),
+        ("PUT", "PUT")
+    );
+    assert!(
+        php[1].body == chunked && py[1].body == chunked,
+        "PUT body differs"
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_the_replay_limit_go_to_the_primary_only_and_are_counted() {
+    let php = backend("php").status(404).body("php 404").start().await;
+    let py = backend("py").start().await;
+    let ft = Fallthrough::start(&route(
+        "shop",
+        &php.url(),
+        &py.url(),
+        "  maxReplayBytes: 1024\n",
+    ))
+    .await;
+
+    // Declared too large by Content-Length.
+    let big = noise(4096, 3);
+    let req = Request::post("/upload")
+        .body(Full::new(Bytes::from(big.clone())))
+        .unwrap();
+    let (status, _, body) = send(ft.http, req).await;
+    assert_eq!((status.as_u16(), body.as_ref()), (404, &b"php 404"[..]));
+
+    // Discovered too large while buffering a chunked body.
+    let pieces: Vec<_> = big
+        .chunks(512)
+        .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    let client: hyper_util::client::legacy::Client<_, _> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let req = Request::post(format!("http://{}/upload", ft.http))
+        .body(StreamBody::new(futures_util::stream::iter(pieces)))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 404);
+
+    assert!(
+        py.seen().is_empty(),
+        "an unreplayable body must not reach the fallback"
+    );
+    for seen in php.seen() {
+        assert!(
+            seen.body == big,
+            "the primary gets the whole body, never truncated"
+        );
+    }
+    let skipped = ft
+        .sample(r#"fallthrough_fallbacks_skipped_total{namespace="web",reason="body_too_large",route="shop"}"#)
+        .await;
+    assert_eq!(skipped, 2.0);
+}
+
+#[tokio::test]
+async fn when_both_answer_404_not_found_from_picks_the_response() {
+    let php = backend("php")
+        .status(404)
+        .body("legacy 404 page")
+        .start()
+        .await;
+    let py = backend("py").status(404).body("python 404").start().await;
+    let routes = format!(
+        "{}---\n{}",
+        route(
+            "default-fallback",
+            &php.url(),
+            &py.url(),
+            "  hosts: [a.test]\n"
+        ),
+        route(
+            "keep-legacy",
+            &php.url(),
+            &py.url(),
+            "  hosts: [b.test]\n  notFoundFrom: primary\n"
+        )
+    );
+    let ft = Fallthrough::start(&routes).await;
+
+    let get_host = |host: &'static str| {
+        send(
+            ft.http,
+            Request::get("/gone")
+                .header("host", host)
+                .body(Full::default())
+                .unwrap(),
+        )
+    };
+    let (status, headers, body) = get_host("a.test").await;
+    assert_eq!((status.as_u16(), body.as_ref()), (404, &b"python 404"[..]));
+    assert_eq!(headers["x-backend"], "py");
+
+    let (status, headers, body) = get_host("b.test").await;
+    assert_eq!(
+        (status.as_u16(), body.as_ref()),
+        (404, &b"legacy 404 page"[..])
+    );
+    assert_eq!(
+        headers["x-backend"], "php",
+        "the primary's headers come with its body"
+    );
+    assert_eq!(py.seen().len(), 2, "the fallback was asked both times");
+}
+
+#[tokio::test]
+async fn fallback_on_lists_the_statuses_that_send_requests_on() {
+    let php = backend("php")
+        .on("/gone", 410, "gone")
+        .on("/missing", 404, "missing")
+        .on("/broken", 500, "php error")
+        .start()
+        .await;
+    let py = backend("py").body("python").start().await;
+    let ft = Fallthrough::start(&route(
+        "shop",
+        &php.url(),
+        &py.url(),
+        "  fallbackOn: [404, 410]\n",
+    ))
+    .await;
+
+    assert_eq!(ft.get("/gone").await.2, "python");
+    assert_eq!(ft.get("/missing").await.2, "python");
+    let (status, _, body) = ft.get("/broken").await;
+    assert_eq!((status.as_u16(), body.as_ref()), (500, &b"php error"[..]));
+    assert_eq!(py.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_primary_is_502_unless_fallback_on_error() {
+    let dead = format!("http://{}", closed_addr().await);
+    let py = backend("py").body("python").start().await;
+    let routes = format!(
+        "{}---\n{}",
+        route("strict", &dead, &py.url(), "  paths: [/strict]\n"),
+        route(
+            "lenient",
+            &dead,
+            &py.url(),
+            "  paths: [/lenient]\n  fallbackOnError: true\n"
+        )
+    );
+    let ft = Fallthrough::start(&routes).await;
+
+    let (status, headers, body) = ft.get("/strict").await;
+    assert_eq!(status, 502);
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    assert!(body.len() < 200 && std::str::from_utf8(&body).unwrap().contains("bad gateway"));
+    assert!(py.seen().is_empty());
+
+    let (status, _, body) = ft.get("/lenient").await;
+    assert_eq!((status.as_u16(), body.as_ref()), (200, &b"python"[..]));
+
+    let errors = ft
+        .sample(r#"fallthrough_upstream_errors_total{backend="primary",kind="connect",namespace="web",route="strict"}"#)
+        .await;
+    assert_eq!(errors, 1.0);
+    let on_error = ft
+        .sample(r#"fallthrough_fallbacks_total{namespace="web",reason="error",route="lenient"}"#)
+        .await;
+    assert_eq!(on_error, 1.0);
+}
+
+#[tokio::test]
+async fn a_slow_upstream_is_504() {
+    let php = backend("php")
+        .delay(std::time::Duration::from_secs(5))
+        .start()
+        .await;
+    let py = backend("py").start().await;
+    let ft = Fallthrough::start(&route(
+        "shop",
+        &php.url(),
+        &py.url(),
+        "  timeouts: {responseHeader: 200ms}\n",
+    ))
+    .await;
+
+    let (status, _, body) = ft.get("/slow").await;
+    assert_eq!(status, 504);
+    assert!(std::str::from_utf8(&body)
+        .unwrap()
+        .contains("gateway timeout"));
+    assert!(
+        py.seen().is_empty(),
+        "a timed-out primary may have acted: no fallback"
+    );
+}
+
+#[tokio::test]
+async fn hosts_and_paths_pick_the_most_specific_route() {
+    let a = backend("exact").start().await;
+    let b = backend("wildcard").start().await;
+    let c = backend("any-api").start().await;
+    let d = backend("any-root").start().await;
+    let routes = [
+        route(
+            "exact",
+            &a.url(),
+            &a.url(),
+            "  hosts: [shop.example.com]\n  paths: [/]\n",
+        ),
+        route("wild", &b.url(), &b.url(), "  hosts: [\"*.example.com\"]\n"),
+        route("api", &c.url(), &c.url(), "  paths: [/api]\n"),
+        route("root", &d.url(), &d.url(), ""),
+    ]
+    .join("---\n");
+    let ft = Fallthrough::start(&routes).await;
+
+    for (host, path, expected) in [
+        ("shop.example.com", "/api/x", "exact"),
+        ("Shop.Example.com:8080", "/", "exact"),
+        ("blog.example.com", "/api", "wildcard"),
+        ("other.org", "/api/v1", "any-api"),
+        ("other.org", "/apiary", "any-root"),
+    ] {
+        let req = Request::get(path)
+            .header("host", host)
+            .body(Full::default())
+            .unwrap();
+        let (_, headers, _) = send(ft.http, req).await;
+        assert_eq!(headers["x-backend"], expected, "{host}{path}");
+    }
+}
+
+#[tokio::test]
+async fn requests_no_route_serves_get_404_from_fallthrough() {
+    let php = backend("php").start().await;
+    let ft = Fallthrough::start(&route(
+        "shop",
+        &php.url(),
+        &php.url(),
+        "  hosts: [shop.test]\n",
+    ))
+    .await;
+    let req = Request::get("/")
+        .header("host", "elsewhere.test")
+        .body(Full::default())
+        .unwrap();
+    let (status, _, body) = send(ft.http, req).await;
+    assert_eq!(status, 404);
+    assert!(std::str::from_utf8(&body).unwrap().contains("no route"));
+    assert!(php.seen().is_empty());
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::proxy::ClientLimits;
 use crate::routes::Timeouts;
 
 /// fallthrough: send every request to the legacy app first, and what it 404s to the new one.
@@ -73,12 +74,26 @@ pub struct RunArgs {
     /// Default time from sending a request upstream to its response head (routes may override).
     #[arg(long, env = "FALLTHROUGH_RESPONSE_HEADER_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub response_header_timeout: Duration,
+    /// Time a client has to send a complete request head before the connection is closed.
+    #[arg(long, env = "FALLTHROUGH_CLIENT_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub client_header_timeout: Duration,
+    /// Time a client has to send a request body that is buffered for replay; then 408.
+    #[arg(long, env = "FALLTHROUGH_CLIENT_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub client_body_timeout: Duration,
     /// Default lifetime of an idle upstream keep-alive connection (routes may override).
     #[arg(long, env = "FALLTHROUGH_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 }
 
 impl RunArgs {
+    /// How long clients may take to send their requests.
+    pub fn client_limits(&self) -> ClientLimits {
+        ClientLimits {
+            header_timeout: self.client_header_timeout,
+            body_timeout: self.client_body_timeout,
+        }
+    }
+
     /// The timeouts routes get unless they set their own.
     pub fn default_timeouts(&self) -> Timeouts {
         Timeouts {

@@ -129,7 +129,7 @@ async fn serve_files(args: RunArgs, path: PathBuf) -> Result<(), RunError> {
     let defaults = args.default_timeouts();
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::default());
-    let proxy = Proxy::new(metrics.clone());
+    let proxy = Proxy::new(metrics.clone(), args.client_limits());
 
     let routes = files::load(&path, defaults).map_err(|errors| {
         log_file_errors(&errors, "cannot start");

@@ -20,9 +20,6 @@ use super::rescue::ProxyError;
 use super::{ConnInfo, RouteRuntime};
 use crate::routes::{Answerer, Backend, Route};
 
-/// How long a client may take to send a body that is being buffered for replay.
-const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// How much of a primary's "not found" body is read so its connection can be reused
 /// (and, with `notFoundFrom: primary`, kept to answer with).
 const PRIMARY_BODY_KEEP: usize = 64 * 1024;
@@ -32,6 +29,7 @@ pub(super) async fn forward(
     rt: &RouteRuntime,
     mut req: Request<Incoming>,
     conn: &ConnInfo,
+    body_timeout: Duration,
 ) -> Result<Response<ClientBody>, ProxyError> {
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -39,7 +37,7 @@ pub(super) async fn forward(
     prepare_head(&mut parts, conn, upgrade);
 
     let body = tokio::time::timeout(
-        CLIENT_BODY_TIMEOUT,
+        body_timeout,
         read_request_body(body, route.max_replay_bytes),
     )
     .await

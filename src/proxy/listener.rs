@@ -18,8 +18,6 @@ use tokio::net::TcpListener;
 
 use super::{ConnInfo, Proxy};
 
-/// Time a client has to send a complete request head; then it gets 408 and is closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head accepted; larger ones get 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
@@ -43,7 +41,8 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // Like nginx's client_header_timeout, a stalled head is closed without an answer.
+        .header_read_timeout(proxy.limits().header_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
     builder
         .http2()

@@ -63,8 +63,27 @@ impl ConnInfo {
     }
 }
 
+/// How long clients may take to send their requests.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientLimits {
+    /// A complete request head; then the connection is closed.
+    pub header_timeout: Duration,
+    /// A request body being buffered for replay; then 408.
+    pub body_timeout: Duration,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// The proxy: the current snapshot and the upstream connection pools.
 pub struct Proxy {
+    limits: ClientLimits,
     snapshot: ArcSwap<Snapshot>,
     metrics: Arc<Metrics>,
     /// Clients by (connect timeout, idle timeout). Reused across reloads so that
@@ -74,8 +93,9 @@ pub struct Proxy {
 
 impl Proxy {
     /// A proxy serving an empty table: every request gets 404 until routes are published.
-    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(metrics: Arc<Metrics>, limits: ClientLimits) -> Arc<Self> {
         Arc::new(Proxy {
+            limits,
             snapshot: ArcSwap::from_pointee(Snapshot {
                 table: RouteTable::default(),
                 runtimes: Vec::new(),
@@ -135,7 +155,7 @@ impl Proxy {
         };
         let route = snapshot.table.route(idx);
         let rt = &snapshot.runtimes[idx];
-        match forward::forward(route, rt, req, conn).await {
+        match forward::forward(route, rt, req, conn, self.limits.body_timeout).await {
             Ok(resp) => resp.map(|b| b.timed(body::RequestTimer::new(started, rt.metrics.clone()))),
             Err(err) => {
                 tracing::warn!(
@@ -148,6 +168,11 @@ impl Proxy {
                 resp.map(|b| b.timed(body::RequestTimer::new(started, rt.metrics.clone())))
             }
         }
+    }
+
+    /// The limits this proxy was built with.
+    pub fn limits(&self) -> ClientLimits {
+        self.limits
     }
 
     fn unrouted(&self, err: &ProxyError) -> Response<ClientBody> {

@@ -343,3 +343,74 @@ async fn requests_no_route_serves_get_404_from_fallthrough() {
     assert!(std::str::from_utf8(&body).unwrap().contains("no route"));
     assert!(php.seen().is_empty());
 }
+
+/// A backend that switches protocols on `Upgrade: echo` and echoes bytes back.
+async fn echo_upgrade_backend() -> std::net::SocketAddr {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|mut req: Request<hyper::body::Incoming>| async move {
+                    let upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let mut io = TokioIo::new(upgrade.await.unwrap());
+                        let (mut r, mut w) = tokio::io::split(&mut io);
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    });
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .status(101)
+                            .header("connection", "upgrade")
+                            .header("upgrade", "echo")
+                            .body(Full::<Bytes>::default())
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upgrades_are_tunnelled_to_the_backend_that_answers_101() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let php = backend("php").status(404).start().await;
+    let ws = echo_upgrade_backend().await;
+    let ft = Fallthrough::start(&route("chat", &php.url(), &format!("http://{ws}"), "")).await;
+
+    let mut stream = tokio::net::TcpStream::connect(ft.http).await.unwrap();
+    stream
+        .write_all(b"GET /socket HTTP/1.1\r\nHost: chat.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+
+    stream.write_all(b"ping through the tunnel").await.unwrap();
+    let mut echoed = [0u8; 23];
+    tokio::time::timeout(DEADLINE, stream.read_exact(&mut echoed))
+        .await
+        .expect("echo within the deadline")
+        .unwrap();
+    assert_eq!(&echoed, b"ping through the tunnel");
+    assert_eq!(
+        php.seen()[0].headers["upgrade"],
+        "echo",
+        "the primary was asked first"
+    );
+}

@@ -20,7 +20,11 @@ async fn fifty_reloads_under_a_request_loop_fail_no_request() {
     let py_a = backend("py-a").start().await;
     let py_b = backend("py-b").start().await;
     let variant = |i: usize| {
-        let fallback = if i % 2 == 0 { py_a.url() } else { py_b.url() };
+        let fallback = if i.is_multiple_of(2) {
+            py_a.url()
+        } else {
+            py_b.url()
+        };
         route("shop", &php.url(), &fallback, "")
     };
     let ft = Fallthrough::start(&variant(0)).await;
@@ -51,7 +55,7 @@ async fn fifty_reloads_under_a_request_loop_fail_no_request() {
     for i in 1..=50 {
         let before = ft.sample(reloads).await;
         ft.write_routes(&variant(i));
-        let served = if i % 2 == 0 { "py-a" } else { "py-b" };
+        let served = if i.is_multiple_of(2) { "py-a" } else { "py-b" };
         // A reload has taken effect once a fresh request lands on the new fallback.
         let start = std::time::Instant::now();
         loop {

@@ -114,10 +114,10 @@ async fn keep_primary_answer(route: &Route, resp: Response<Incoming>) -> Option<
     let (parts, body) = resp.into_parts();
     match route.not_found_from {
         Answerer::Primary => {
-            let (prefix, rest) = match read_response_prefix(body, PRIMARY_BODY_KEEP).await {
-                Ok(read) => read,
-                Err(_) => (Vec::new(), None),
-            };
+            // A broken body answers with what was read; the fallback may still serve.
+            let (prefix, rest) = read_response_prefix(body, PRIMARY_BODY_KEEP)
+                .await
+                .unwrap_or_default();
             Some(KeptAnswer {
                 parts,
                 prefix,

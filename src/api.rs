@@ -4,7 +4,9 @@
 //! Out: plain serde types that `routes::Route::from_spec` validates into routing data.
 //! Doc comments on fields become `kubectl explain` text, so they are written for users.
 
-use kube::CustomResource;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +32,11 @@ pub const DEFAULT_MAX_REPLAY_BYTES: u64 = 1024 * 1024;
     namespaced,
     status = "FallbackRouteStatus",
     shortname = "fbr",
+    category = "fallthrough",
     printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts"}"#,
+    printcolumn = r#"{"name":"Primary","type":"string","jsonPath":".spec.primary.service.name"}"#,
+    printcolumn = r#"{"name":"Fallback","type":"string","jsonPath":".spec.fallback.service.name"}"#,
+    printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -43,11 +49,15 @@ pub struct FallbackRouteSpec {
     /// wildcard label (`*.shop.example.com`, which matches any subdomain but not the
     /// bare domain). Empty means any host. Matching ignores case and the port.
     #[serde(default)]
+    #[schemars(inner(regex(
+        pattern = r"^(\*\.)?[a-zA-Z0-9_]([a-zA-Z0-9_-]*[a-zA-Z0-9_])?(\.[a-zA-Z0-9_]([a-zA-Z0-9_-]*[a-zA-Z0-9_])?)*$"
+    )))]
     pub hosts: Vec<String>,
 
     /// Path prefixes this route serves, segment-aware: `/app` matches `/app` and
     /// `/app/x`, not `/apple`. Defaults to `["/"]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1), inner(regex(pattern = r"^/[^?#\s]*$")))]
     pub paths: Option<Vec<String>>,
 
     /// The legacy backend every request goes to first.
@@ -59,12 +69,14 @@ pub struct FallbackRouteSpec {
     /// Primary response statuses (300-599) that send the request on to the fallback.
     /// Defaults to `[404]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1), inner(range(min = 300, max = 599)))]
     pub fallback_on: Option<Vec<u16>>,
 
     /// Request bodies up to this many bytes are buffered so they can be replayed to the
     /// fallback. Larger bodies stream to the primary only and are never retried.
     /// Defaults to 1 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 67108864))]
     pub max_replay_bytes: Option<u64>,
 
     /// When the fallback answers a `fallbackOn` status too, whose response the client
@@ -84,12 +96,14 @@ pub struct FallbackRouteSpec {
 }
 
 /// Where requests are sent: exactly one of `url` or `service`.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.service)").message("set exactly one of url or service"))]
 pub struct BackendRef {
     /// A fixed upstream, `http://host:port`. Used in file mode; in a cluster only when
     /// the controller runs with `--allow-url-backends`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^http://[^/?#@]+/?$"))]
     pub url: Option<String>,
 
     /// A Service in the route's namespace, resolved to its ready endpoints.
@@ -102,25 +116,10 @@ pub struct BackendRef {
 #[serde(rename_all = "camelCase")]
 pub struct ServiceRef {
     /// Name of the Service, in the route's namespace.
+    #[schemars(length(min = 1, max = 63))]
     pub name: String,
-    /// Service port, by number or by name.
-    pub port: ServicePort,
-}
-
-/// A Service port given by number or by name.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(untagged)]
-pub enum ServicePort {
-    /// The port number.
-    Number(u16),
-    /// The port's name.
-    Name(String),
-}
-
-impl Default for ServicePort {
-    fn default() -> Self {
-        ServicePort::Number(80)
-    }
+    /// Service port, by number (`80`) or by name (`http`).
+    pub port: IntOrString,
 }
 
 /// Whose response the client gets when neither backend serves the request.
@@ -134,19 +133,22 @@ pub enum NotFoundFrom {
     Primary,
 }
 
-/// Upstream timeouts, as durations like `500ms`, `5s` or `2m`.
+/// Upstream timeouts, as durations like `500ms`, `5s` or `1m30s`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Timeouts {
     /// Time allowed to open a connection to a backend. Default 5s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub connect: Option<String>,
     /// Time allowed from sending a request until the backend's response head arrives.
     /// Default 60s. On expiry the client gets 504.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub response_header: Option<String>,
     /// How long an unused keep-alive connection to a backend stays open. Default 90s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub idle: Option<String>,
 }
 
@@ -154,26 +156,9 @@ pub struct Timeouts {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct FallbackRouteStatus {
-    /// `Accepted`, `ResolvedRefs` and `Programmed` conditions.
+    /// `Accepted` (the route is valid, allowed and not in conflict), `ResolvedRefs`
+    /// (its Services exist and have ready endpoints) and `Programmed` (it is in the
+    /// routing table the proxies serve).
     #[serde(default)]
     pub conditions: Vec<Condition>,
-}
-
-/// A status condition in the Kubernetes convention.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct Condition {
-    /// Condition type: `Accepted`, `ResolvedRefs` or `Programmed`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// `True`, `False` or `Unknown`.
-    pub status: String,
-    /// Machine-readable reason in CamelCase.
-    pub reason: String,
-    /// Human-readable explanation.
-    pub message: String,
-    /// The `metadata.generation` this condition was computed from.
-    pub observed_generation: Option<i64>,
-    /// When the status last changed (RFC 3339).
-    pub last_transition_time: Option<String>,
 }

@@ -9,12 +9,86 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::Uri;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::{self, BackendRef, FallbackRouteSpec};
+use crate::api::{self, BackendRef, FallbackRouteSpec, ServiceRef};
 use crate::routes::{Answerer, Backend, HostMatch, Route, Timeouts};
 
+pub mod cluster;
 #[cfg(test)]
 mod tests;
+
+/// What validation needs to know beyond the spec.
+pub struct Context<'a> {
+    /// Timeouts for routes that set none.
+    pub defaults: Timeouts,
+    /// Whether `url` backends may be used (always in files; by flag in a cluster).
+    pub allow_url_backends: bool,
+    /// Resolves `service` backends; `None` outside a cluster.
+    pub services: Option<&'a dyn Services>,
+}
+
+impl Context<'_> {
+    /// Route files: URLs only.
+    pub fn files(defaults: Timeouts) -> Context<'static> {
+        Context {
+            defaults,
+            allow_url_backends: true,
+            services: None,
+        }
+    }
+}
+
+/// Looks up a Service port's ready endpoints.
+pub trait Services {
+    /// The ready endpoints (`ip:port`) behind port `port` of Service `namespace/name`.
+    fn endpoints(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: &IntOrString,
+    ) -> Result<Vec<Authority>, Unresolved>;
+}
+
+/// A backend reference that does not lead to a ready endpoint. The route is still
+/// served; its requests to that backend get 503 until this clears.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unresolved {
+    /// No such Service.
+    #[error("Service {0} does not exist")]
+    ServiceNotFound(String),
+    /// The Service has no such port.
+    #[error("Service {service} has no port {port}")]
+    PortNotFound {
+        /// `namespace/name`.
+        service: String,
+        /// The port as written.
+        port: String,
+    },
+    /// The Service exists but none of its endpoints is ready.
+    #[error("Service {0} has no ready endpoints")]
+    NoReadyEndpoints(String),
+}
+
+impl Unresolved {
+    /// The `ResolvedRefs` condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Unresolved::ServiceNotFound(_) => "BackendNotFound",
+            Unresolved::PortNotFound { .. } => "PortNotFound",
+            Unresolved::NoReadyEndpoints(_) => "NoReadyEndpoints",
+        }
+    }
+}
+
+/// A route that passed validation, with the backends that did not resolve.
+#[derive(Debug)]
+pub struct Validated {
+    /// The route to serve.
+    pub route: Route,
+    /// Backends without ready endpoints, and why.
+    pub unresolved: Vec<(Answerer, Unresolved)>,
+}
 
 /// Upper bound on `maxReplayBytes`: replay buffers live in memory.
 pub const MAX_REPLAY_LIMIT: u64 = 64 * 1024 * 1024;
@@ -44,6 +118,9 @@ pub enum InvalidRoute {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// A URL backend where only Services are allowed.
+    #[error("{0} uses a url backend, which this controller does not allow (a namespace user could point the proxy at any host): use a service backend, or run the controller with --allow-url-backends")]
+    UrlNotAllowed(&'static str),
     /// Service backends are only resolvable with a cluster.
     #[error("{0} uses a service backend, which needs a cluster: in route files give {{url: \"http://host:port\"}}")]
     ServiceOutsideCluster(&'static str),
@@ -66,13 +143,23 @@ pub enum InvalidRoute {
     },
 }
 
-/// Validates one spec into a route. `defaults` supplies the timeouts a route leaves out.
+impl InvalidRoute {
+    /// The `Accepted` condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InvalidRoute::UrlNotAllowed(_) => "UrlBackendNotAllowed",
+            _ => "Invalid",
+        }
+    }
+}
+
+/// Validates one spec into a route.
 pub fn route_from_spec(
     namespace: &str,
     name: &str,
     spec: &FallbackRouteSpec,
-    defaults: Timeouts,
-) -> Result<Route, InvalidRoute> {
+    ctx: &Context<'_>,
+) -> Result<Validated, InvalidRoute> {
     let hosts = spec
         .hosts
         .iter()
@@ -99,13 +186,24 @@ pub fn route_from_spec(
     if max_replay_bytes > MAX_REPLAY_LIMIT {
         return Err(InvalidRoute::ReplayTooLarge(max_replay_bytes));
     }
-    Ok(Route {
+    let mut unresolved = Vec::new();
+    let primary = backend(namespace, "primary", &spec.primary, ctx)?;
+    let fallback = backend(namespace, "fallback", &spec.fallback, ctx)?;
+    let mut take = |which, (backend, problem): (Backend, Option<Unresolved>)| {
+        if let Some(problem) = problem {
+            unresolved.push((which, problem));
+        }
+        backend
+    };
+    let primary = take(Answerer::Primary, primary);
+    let fallback = take(Answerer::Fallback, fallback);
+    let route = Route {
         namespace: namespace.to_string(),
         name: name.to_string(),
         hosts,
         paths,
-        primary: backend("primary", &spec.primary)?,
-        fallback: backend("fallback", &spec.fallback)?,
+        primary,
+        fallback,
         fallback_on,
         max_replay_bytes,
         not_found_from: match spec.not_found_from.unwrap_or_default() {
@@ -113,8 +211,9 @@ pub fn route_from_spec(
             api::NotFoundFrom::Primary => Answerer::Primary,
         },
         fallback_on_error: spec.fallback_on_error.unwrap_or(false),
-        timeouts: timeouts(spec.timeouts.as_ref(), defaults)?,
-    })
+        timeouts: timeouts(spec.timeouts.as_ref(), ctx.defaults)?,
+    };
+    Ok(Validated { route, unresolved })
 }
 
 fn parse_host(host: &str) -> Result<HostMatch, InvalidRoute> {
@@ -154,12 +253,51 @@ fn parse_path(path: &str) -> Result<String, InvalidRoute> {
     })
 }
 
-fn backend(which: &'static str, spec: &BackendRef) -> Result<Backend, InvalidRoute> {
+fn backend(
+    namespace: &str,
+    which: &'static str,
+    spec: &BackendRef,
+    ctx: &Context<'_>,
+) -> Result<(Backend, Option<Unresolved>), InvalidRoute> {
     match (&spec.url, &spec.service) {
-        (Some(url), None) => url_backend(which, url),
-        (None, Some(_)) => Err(InvalidRoute::ServiceOutsideCluster(which)),
+        (Some(url), None) => {
+            let backend = url_backend(which, url)?;
+            if !ctx.allow_url_backends {
+                return Err(InvalidRoute::UrlNotAllowed(which));
+            }
+            Ok((backend, None))
+        }
+        (None, Some(svc)) => match ctx.services {
+            Some(services) => Ok(service_backend(namespace, which, svc, services)?),
+            None => Err(InvalidRoute::ServiceOutsideCluster(which)),
+        },
         _ => Err(InvalidRoute::BackendKind(which)),
     }
+}
+
+fn service_backend(
+    namespace: &str,
+    which: &'static str,
+    svc: &ServiceRef,
+    services: &dyn Services,
+) -> Result<(Backend, Option<Unresolved>), InvalidRoute> {
+    if svc.name.is_empty() {
+        return Err(InvalidRoute::BackendKind(which));
+    }
+    let port = match &svc.port {
+        IntOrString::Int(n) => n.to_string(),
+        IntOrString::String(s) => s.clone(),
+    };
+    let (endpoints, problem) = match services.endpoints(namespace, &svc.name, &svc.port) {
+        Ok(endpoints) => (endpoints, None),
+        Err(problem) => (Vec::new(), Some(problem)),
+    };
+    let backend = Backend {
+        name: format!("{namespace}/{}:{port}", svc.name),
+        scheme: Scheme::HTTP,
+        endpoints,
+    };
+    Ok((backend, problem))
 }
 
 fn url_backend(which: &'static str, url: &str) -> Result<Backend, InvalidRoute> {
@@ -194,7 +332,7 @@ fn url_backend(which: &'static str, url: &str) -> Result<Backend, InvalidRoute> 
     Ok(Backend {
         name: authority.to_string(),
         scheme: Scheme::HTTP,
-        authority,
+        endpoints: vec![authority],
     })
 }
 

@@ -20,7 +20,7 @@ fn valid() -> FallbackRouteSpec {
 }
 
 fn check(s: &FallbackRouteSpec) -> Result<Route, InvalidRoute> {
-    route_from_spec("web", "shop", s, Timeouts::default())
+    route_from_spec("web", "shop", s, &Context::files(Timeouts::default())).map(|v| v.route)
 }
 
 #[test]
@@ -32,7 +32,7 @@ fn defaults_fill_what_the_spec_leaves_out() {
     assert_eq!(route.max_replay_bytes, 1024 * 1024);
     assert_eq!(route.not_found_from, Answerer::Fallback);
     assert!(!route.fallback_on_error);
-    assert_eq!(route.fallback.authority.as_str(), "new.internal:80");
+    assert_eq!(route.fallback.endpoints[0].as_str(), "new.internal:80");
     assert_eq!(route.primary.name, "127.0.0.1:8080");
 }
 
@@ -103,7 +103,7 @@ fn service_backends_need_a_cluster() {
         url: None,
         service: Some(ServiceRef {
             name: "py".into(),
-            port: api::ServicePort::Number(80),
+            port: k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80),
         }),
     };
     assert_eq!(

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::api::{FallbackRouteSpec, GROUP, KIND, VERSION};
-use crate::index::{route_from_spec, InvalidRoute};
+use crate::index::{route_from_spec, Context, InvalidRoute};
 use crate::routes::{Route, Timeouts};
 
 /// A problem in the route files; the message says where and what to change.
@@ -226,13 +226,18 @@ fn parse_document(
         ));
     }
     let namespace = parsed.metadata.namespace.as_deref().unwrap_or("default");
-    route_from_spec(namespace, &parsed.metadata.name, &parsed.spec, defaults).map_err(|source| {
-        RouteFileError::Invalid {
-            path: path.to_path_buf(),
-            line: first_line,
-            route: format!("{namespace}/{}", parsed.metadata.name),
-            source,
-        }
+    route_from_spec(
+        namespace,
+        &parsed.metadata.name,
+        &parsed.spec,
+        &Context::files(defaults),
+    )
+    .map(|validated| validated.route)
+    .map_err(|source| RouteFileError::Invalid {
+        path: path.to_path_buf(),
+        line: first_line,
+        route: format!("{namespace}/{}", parsed.metadata.name),
+        source,
     })
 }
 

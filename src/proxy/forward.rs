@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -51,17 +52,19 @@ pub(super) async fn forward(
         RequestBody::Streaming(body) => (body, None),
     };
 
-    let primary = send(
-        rt,
-        route,
-        Answerer::Primary,
-        upstream_request(&parts, &route.primary, body),
-    )
-    .await;
+    let primary = match pick(rt, &route.primary, Answerer::Primary) {
+        Ok(endpoint) => {
+            let req = upstream_request(&parts, &route.primary, endpoint, body);
+            send(rt, route, Answerer::Primary, req).await
+        }
+        Err(err) => Err(err),
+    };
     let primary = match primary {
         Ok(resp) if route.falls_back_on(resp.status().as_u16()) => resp,
         Ok(resp) => return Ok(respond(rt, Answerer::Primary, resp, client_upgrade)),
-        Err(err @ ProxyError::UpstreamConnect { .. }) if route.fallback_on_error => {
+        Err(err @ (ProxyError::UpstreamConnect { .. } | ProxyError::NoEndpoints(_)))
+            if route.fallback_on_error =>
+        {
             let Some(replay) = replay else {
                 rt.metrics.fallback_skipped_body_too_large();
                 return Err(err);
@@ -71,7 +74,12 @@ pub(super) async fn forward(
                 rt,
                 route,
                 Answerer::Fallback,
-                into_request(parts, &route.fallback, replay),
+                into_request(
+                    parts,
+                    &route.fallback,
+                    pick(rt, &route.fallback, Answerer::Fallback)?,
+                    replay,
+                ),
             )
             .await?;
             return Ok(respond(rt, Answerer::Fallback, resp, client_upgrade));
@@ -89,7 +97,12 @@ pub(super) async fn forward(
         rt,
         route,
         Answerer::Fallback,
-        into_request(parts, &route.fallback, replay),
+        into_request(
+            parts,
+            &route.fallback,
+            pick(rt, &route.fallback, Answerer::Fallback)?,
+            replay,
+        ),
     )
     .await?;
     match kept {
@@ -155,10 +168,22 @@ fn prepare_head(parts: &mut Parts, conn: &ConnInfo, upgrade: bool) {
     }
 }
 
-fn upstream_uri(parts: &Parts, backend: &Backend) -> Uri {
+/// The next endpoint of `backend`, or 503 when it has none ready.
+fn pick<'r>(
+    rt: &RouteRuntime,
+    backend: &'r Backend,
+    which: Answerer,
+) -> Result<&'r Authority, ProxyError> {
+    backend.endpoint(rt.next_turn(which)).ok_or_else(|| {
+        rt.metrics.upstream_error(which, "no_endpoints");
+        ProxyError::NoEndpoints(which)
+    })
+}
+
+fn upstream_uri(parts: &Parts, backend: &Backend, endpoint: &Authority) -> Uri {
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(backend.scheme.clone());
-    uri.authority = Some(backend.authority.clone());
+    uri.authority = Some(endpoint.clone());
     uri.path_and_query = Some(
         parts
             .uri
@@ -170,18 +195,28 @@ fn upstream_uri(parts: &Parts, backend: &Backend) -> Uri {
 }
 
 /// The request for one attempt, leaving `parts` for the next.
-fn upstream_request(parts: &Parts, backend: &Backend, body: UpstreamBody) -> Request<UpstreamBody> {
+fn upstream_request(
+    parts: &Parts,
+    backend: &Backend,
+    endpoint: &Authority,
+    body: UpstreamBody,
+) -> Request<UpstreamBody> {
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = upstream_uri(parts, backend);
+    *req.uri_mut() = upstream_uri(parts, backend, endpoint);
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = parts.headers.clone();
     req
 }
 
 /// The request for the last attempt, consuming `parts`.
-fn into_request(parts: Parts, backend: &Backend, body: UpstreamBody) -> Request<UpstreamBody> {
-    let uri = upstream_uri(&parts, backend);
+fn into_request(
+    parts: Parts,
+    backend: &Backend,
+    endpoint: &Authority,
+    body: UpstreamBody,
+) -> Request<UpstreamBody> {
+    let uri = upstream_uri(&parts, backend, endpoint);
     let mut req = Request::from_parts(parts, body);
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;

@@ -15,6 +15,7 @@ pub mod rescue;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,18 @@ pub struct Snapshot {
 struct RouteRuntime {
     metrics: Arc<RouteMetrics>,
     client: UpstreamClient,
+    /// Round-robin position per backend (primary, fallback).
+    turns: [AtomicUsize; 2],
+}
+
+impl RouteRuntime {
+    fn next_turn(&self, backend: crate::routes::Answerer) -> usize {
+        let slot = match backend {
+            crate::routes::Answerer::Primary => 0,
+            crate::routes::Answerer::Fallback => 1,
+        };
+        self.turns[slot].fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// What the proxy knows about one client connection.
@@ -113,6 +126,7 @@ impl Proxy {
             .map(|route| RouteRuntime {
                 metrics: Arc::new(self.metrics.route(route)),
                 client: self.client(route.timeouts.connect, route.timeouts.idle),
+                turns: Default::default(),
             })
             .collect();
         self.snapshot.store(Arc::new(Snapshot { table, runtimes }));

@@ -39,6 +39,9 @@ pub enum ProxyError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+    /// A Service backend has no ready endpoint.
+    #[error("the {0:?} backend has no ready endpoints")]
+    NoEndpoints(Answerer),
     /// A backend did not send its response head in time.
     #[error("the {0:?} backend did not answer in time")]
     UpstreamTimeout(Answerer),
@@ -61,6 +64,7 @@ impl ProxyError {
             ProxyError::MissingHost | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect {
                 timed_out: true, ..
             }
@@ -78,6 +82,7 @@ impl ProxyError {
                 backend, timed_out, ..
             } => Some((*backend, if *timed_out { "timeout" } else { "connect" })),
             ProxyError::UpstreamTimeout(backend) => Some((*backend, "timeout")),
+            ProxyError::NoEndpoints(backend) => Some((*backend, "no_endpoints")),
             ProxyError::Upstream { backend, .. } => Some((*backend, "protocol")),
             _ => None,
         }
@@ -90,6 +95,9 @@ impl ProxyError {
             ProxyError::ConnectMethod => "fallthrough: CONNECT is not supported\n",
             ProxyError::ClientBody(_) => "fallthrough: bad request: unreadable request body\n",
             ProxyError::ClientBodyTimeout => "fallthrough: request body timed out\n",
+            ProxyError::NoEndpoints(_) => {
+                "fallthrough: service unavailable: the backend has no ready endpoints\n"
+            }
             ProxyError::UpstreamConnect {
                 timed_out: false, ..
             }

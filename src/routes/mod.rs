@@ -70,15 +70,25 @@ impl Answerer {
     }
 }
 
-/// An upstream a route sends requests to.
+/// An upstream a route sends requests to: one URL, or a Service's ready endpoints.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Backend {
     /// Name used in metrics and logs (`host:port`, or `namespace/service:port`).
     pub name: String,
     /// Scheme of upstream requests.
     pub scheme: Scheme,
-    /// Address of the upstream.
-    pub authority: Authority,
+    /// Addresses requests are spread over; empty when a Service has no ready endpoint.
+    pub endpoints: Vec<Authority>,
+}
+
+impl Backend {
+    /// The endpoint for the `n`th request (round robin), if any is ready.
+    pub fn endpoint(&self, n: usize) -> Option<&Authority> {
+        match self.endpoints.len() {
+            0 => None,
+            len => Some(&self.endpoints[n % len]),
+        }
+    }
 }
 
 /// Upstream timeouts of a route.

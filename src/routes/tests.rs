@@ -5,7 +5,7 @@ fn backend(port: u16) -> Backend {
     Backend {
         name: authority.to_string(),
         scheme: Scheme::HTTP,
-        authority,
+        endpoints: vec![authority],
     }
 }
 
@@ -35,6 +35,18 @@ fn name_of(table: &RouteTable, host: &str, path: &str) -> Option<String> {
     table
         .lookup(host, path)
         .map(|i| table.route(i).name.clone())
+}
+
+#[test]
+fn endpoints_are_taken_in_turn() {
+    let mut b = backend(1);
+    b.endpoints.push("127.0.0.1:2".parse().unwrap());
+    let picked: Vec<_> = (0..4)
+        .map(|n| b.endpoint(n).unwrap().port_u16().unwrap())
+        .collect();
+    assert_eq!(picked, [1, 2, 1, 2]);
+    b.endpoints.clear();
+    assert_eq!(b.endpoint(0), None);
 }
 
 #[test]

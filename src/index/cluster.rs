@@ -1,0 +1,710 @@
+//! The in-memory index of what the cluster watches deliver.
+//!
+//! In: FallbackRoutes, Services and EndpointSlices, applied, deleted or reset per kind
+//! (synchronously; callers hold no lock across an await).
+//! Out: [`Built`]: a routing table with every Service backend resolved to its ready
+//! endpoints, and for each route the conditions it should carry (`Accepted`,
+//! `ResolvedRefs`, `Programmed`). Building is a pure function of the index.
+
+use std::collections::{BTreeMap, HashMap};
+
+use http::uri::Authority;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::{route_from_spec, Context, Services, Unresolved};
+use crate::api::{FallbackRoute, FallbackRouteSpec};
+use crate::routes::{Answerer, RouteTable, Timeouts};
+
+/// The label EndpointSlices carry to name their Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// A namespaced object's identity.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjKey {
+    /// The key of a namespaced object.
+    pub fn of(obj: &impl ResourceExt) -> ObjKey {
+        ObjKey {
+            namespace: obj.namespace().unwrap_or_default(),
+            name: obj.name_any(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Settings of the controller that shape the table.
+#[derive(Clone, Debug)]
+pub struct IndexOptions {
+    /// Routes with another `ingressClassName` are left to other controllers.
+    pub ingress_class: String,
+    /// Whether `url` backends are accepted.
+    pub allow_url_backends: bool,
+    /// Timeouts for routes that set none.
+    pub defaults: Timeouts,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct RouteObj {
+    spec: FallbackRouteSpec,
+    generation: Option<i64>,
+    created: Option<Time>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct SvcPort {
+    name: Option<String>,
+    port: i32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Slice {
+    service: ObjKey,
+    /// (port name, port number) pairs.
+    ports: Vec<(Option<String>, i32)>,
+    /// Addresses of ready endpoints.
+    ready: Vec<String>,
+}
+
+/// One condition a route should carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredCondition {
+    /// `Accepted`, `ResolvedRefs` or `Programmed`.
+    pub type_: &'static str,
+    /// `True`, `False` or `Unknown`.
+    pub status: &'static str,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// What a user should know.
+    pub message: String,
+}
+
+/// The status a route should have after a build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredStatus {
+    /// Which route.
+    pub key: ObjKey,
+    /// The generation the conditions describe.
+    pub generation: Option<i64>,
+    /// `Accepted`, `ResolvedRefs`, `Programmed`, in that order.
+    pub conditions: Vec<DesiredCondition>,
+}
+
+/// The result of a build.
+pub struct Built {
+    /// The table to serve.
+    pub table: RouteTable,
+    /// Desired status of every route of our class.
+    pub statuses: Vec<DesiredStatus>,
+    /// Routes left out (invalid, not allowed or in conflict).
+    pub rejected: usize,
+}
+
+/// FallbackRoutes, Services and EndpointSlices as last seen.
+pub struct ClusterIndex {
+    options: IndexOptions,
+    routes: BTreeMap<ObjKey, RouteObj>,
+    services: HashMap<ObjKey, Vec<SvcPort>>,
+    slices: HashMap<ObjKey, Slice>,
+}
+
+fn route_obj(route: &FallbackRoute) -> RouteObj {
+    RouteObj {
+        spec: route.spec.clone(),
+        generation: route.metadata.generation,
+        created: route.metadata.creation_timestamp.clone(),
+    }
+}
+
+fn svc_ports(svc: &Service) -> Vec<SvcPort> {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .map(|ports| {
+            ports
+                .iter()
+                .map(|p| SvcPort {
+                    name: p.name.clone().filter(|n| !n.is_empty()),
+                    port: p.port,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn slice(es: &EndpointSlice) -> Option<Slice> {
+    let service = es.labels().get(SERVICE_NAME_LABEL)?.clone();
+    let ports = es
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| Some((p.name.clone().filter(|n| !n.is_empty()), p.port?)))
+        .collect();
+    let ready = es
+        .endpoints
+        .iter()
+        // A missing `ready` means ready, per the EndpointSlice API.
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .flat_map(|e| e.addresses.iter().cloned())
+        .collect();
+    Some(Slice {
+        service: ObjKey {
+            namespace: es.namespace().unwrap_or_default(),
+            name: service,
+        },
+        ports,
+        ready,
+    })
+}
+
+/// Replaces `map` with `items`, reporting whether anything changed.
+fn replace_all<V: PartialEq>(map: &mut HashMap<ObjKey, V>, items: HashMap<ObjKey, V>) -> bool {
+    let changed = *map != items;
+    *map = items;
+    changed
+}
+
+impl ClusterIndex {
+    /// An empty index.
+    pub fn new(options: IndexOptions) -> Self {
+        ClusterIndex {
+            options,
+            routes: BTreeMap::new(),
+            services: HashMap::new(),
+            slices: HashMap::new(),
+        }
+    }
+
+    /// A route was created or changed. Returns whether the index changed.
+    pub fn apply_route(&mut self, route: &FallbackRoute) -> bool {
+        let (key, obj) = (ObjKey::of(route), route_obj(route));
+        if self.routes.get(&key) == Some(&obj) {
+            return false;
+        }
+        self.routes.insert(key, obj);
+        true
+    }
+
+    /// A route was deleted.
+    pub fn delete_route(&mut self, route: &FallbackRoute) -> bool {
+        self.routes.remove(&ObjKey::of(route)).is_some()
+    }
+
+    /// The watch re-listed routes: these are all that exist.
+    pub fn reset_routes(&mut self, routes: &[FallbackRoute]) -> bool {
+        let fresh: BTreeMap<_, _> = routes
+            .iter()
+            .map(|r| (ObjKey::of(r), route_obj(r)))
+            .collect();
+        let changed = fresh != self.routes;
+        self.routes = fresh;
+        changed
+    }
+
+    /// A Service was created or changed.
+    pub fn apply_service(&mut self, svc: &Service) -> bool {
+        let (key, ports) = (ObjKey::of(svc), svc_ports(svc));
+        if self.services.get(&key) == Some(&ports) {
+            return false;
+        }
+        self.services.insert(key, ports);
+        true
+    }
+
+    /// A Service was deleted.
+    pub fn delete_service(&mut self, svc: &Service) -> bool {
+        self.services.remove(&ObjKey::of(svc)).is_some()
+    }
+
+    /// The watch re-listed Services.
+    pub fn reset_services(&mut self, svcs: &[Service]) -> bool {
+        let fresh = svcs.iter().map(|s| (ObjKey::of(s), svc_ports(s))).collect();
+        replace_all(&mut self.services, fresh)
+    }
+
+    /// An EndpointSlice was created or changed. Slices without a Service label are ignored.
+    pub fn apply_slice(&mut self, es: &EndpointSlice) -> bool {
+        let key = ObjKey::of(es);
+        match slice(es) {
+            Some(s) if self.slices.get(&key) == Some(&s) => false,
+            Some(s) => {
+                self.slices.insert(key, s);
+                true
+            }
+            None => self.slices.remove(&key).is_some(),
+        }
+    }
+
+    /// An EndpointSlice was deleted.
+    pub fn delete_slice(&mut self, es: &EndpointSlice) -> bool {
+        self.slices.remove(&ObjKey::of(es)).is_some()
+    }
+
+    /// The watch re-listed EndpointSlices.
+    pub fn reset_slices(&mut self, slices: &[EndpointSlice]) -> bool {
+        let fresh = slices
+            .iter()
+            .filter_map(|es| Some((ObjKey::of(es), slice(es)?)))
+            .collect();
+        replace_all(&mut self.slices, fresh)
+    }
+
+    fn is_ours(&self, spec: &FallbackRouteSpec) -> bool {
+        spec.ingress_class_name
+            .as_deref()
+            .is_none_or(|c| c == self.options.ingress_class)
+    }
+
+    /// Builds the table and every route's desired status. Older routes (by creation
+    /// time, then namespace/name) win conflicts.
+    pub fn build(&self) -> Built {
+        let ctx = Context {
+            defaults: self.options.defaults,
+            allow_url_backends: self.options.allow_url_backends,
+            services: Some(self),
+        };
+        let mut ordered: Vec<(&ObjKey, &RouteObj)> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| self.is_ours(&r.spec))
+            .collect();
+        ordered.sort_by(|a, b| (&a.1.created, a.0).cmp(&(&b.1.created, b.0)));
+
+        let mut statuses = Vec::with_capacity(ordered.len());
+        let mut candidates = Vec::new();
+        let mut unresolved: HashMap<ObjKey, Vec<(Answerer, Unresolved)>> = HashMap::new();
+        for (key, obj) in &ordered {
+            match route_from_spec(&key.namespace, &key.name, &obj.spec, &ctx) {
+                Ok(valid) => {
+                    unresolved.insert((*key).clone(), valid.unresolved);
+                    candidates.push(valid.route);
+                }
+                Err(invalid) => statuses.push(DesiredStatus {
+                    key: (*key).clone(),
+                    generation: obj.generation,
+                    conditions: rejected(invalid.reason(), invalid.to_string()),
+                }),
+            }
+        }
+        let (table, conflicts) = RouteTable::build(candidates);
+        let mut rejected_count = statuses.len() + conflicts.len();
+        let conflicted: HashMap<&str, String> = conflicts
+            .iter()
+            .map(|c| (c.rejected.as_str(), c.to_string()))
+            .collect();
+        for (key, obj) in &ordered {
+            let Some(problems) = unresolved.get(*key) else {
+                continue;
+            };
+            let id = key.to_string();
+            let conditions = match conflicted.get(id.as_str()) {
+                Some(message) => rejected("Conflicted", message.clone()),
+                None => accepted(problems),
+            };
+            statuses.push(DesiredStatus {
+                key: (*key).clone(),
+                generation: obj.generation,
+                conditions,
+            });
+        }
+        statuses.sort_by(|a, b| a.key.cmp(&b.key));
+        rejected_count = rejected_count.min(ordered.len());
+        Built {
+            table,
+            statuses,
+            rejected: rejected_count,
+        }
+    }
+}
+
+fn condition(
+    type_: &'static str,
+    status: &'static str,
+    reason: &'static str,
+    message: impl Into<String>,
+) -> DesiredCondition {
+    DesiredCondition {
+        type_,
+        status,
+        reason,
+        message: message.into(),
+    }
+}
+
+fn rejected(reason: &'static str, message: String) -> Vec<DesiredCondition> {
+    vec![
+        condition("Accepted", "False", reason, message),
+        condition(
+            "ResolvedRefs",
+            "Unknown",
+            "Pending",
+            "backends are resolved once the route is accepted",
+        ),
+        condition(
+            "Programmed",
+            "False",
+            "NotAccepted",
+            "the route is not served until it is accepted",
+        ),
+    ]
+}
+
+fn accepted(problems: &[(Answerer, Unresolved)]) -> Vec<DesiredCondition> {
+    let resolved = match problems.first() {
+        None => condition(
+            "ResolvedRefs",
+            "True",
+            "ResolvedRefs",
+            "every backend has ready endpoints",
+        ),
+        Some((_, first)) => {
+            let message = problems
+                .iter()
+                .map(|(which, p)| format!("{}: {p}", which.as_str()))
+                .collect::<Vec<_>>()
+                .join("; ");
+            condition(
+                "ResolvedRefs",
+                "False",
+                first.reason(),
+                format!("{message}; requests needing it get 503"),
+            )
+        }
+    };
+    vec![
+        condition("Accepted", "True", "Accepted", "the route is valid"),
+        resolved,
+        condition(
+            "Programmed",
+            "True",
+            "Programmed",
+            "the route is in the routing table",
+        ),
+    ]
+}
+
+impl Services for ClusterIndex {
+    fn endpoints(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: &IntOrString,
+    ) -> Result<Vec<Authority>, Unresolved> {
+        let key = ObjKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        let ports = self
+            .services
+            .get(&key)
+            .ok_or_else(|| Unresolved::ServiceNotFound(key.to_string()))?;
+        let svc_port = ports
+            .iter()
+            .find(|p| match port {
+                IntOrString::Int(n) => p.port == *n,
+                IntOrString::String(s) => p.name.as_deref() == Some(s.as_str()),
+            })
+            .ok_or_else(|| Unresolved::PortNotFound {
+                service: key.to_string(),
+                port: match port {
+                    IntOrString::Int(n) => n.to_string(),
+                    IntOrString::String(s) => s.clone(),
+                },
+            })?;
+        // Endpoint ports are matched to Service ports by name, as kube-proxy does;
+        // this is how targetPort (number or name) reaches the pods.
+        let mut endpoints: Vec<Authority> = self
+            .slices
+            .values()
+            .filter(|s| s.service == key)
+            .filter_map(|s| {
+                let (_, port) = s.ports.iter().find(|(n, _)| *n == svc_port.name)?;
+                Some(s.ready.iter().filter_map(move |addr| {
+                    let host = if addr.contains(':') {
+                        format!("[{addr}]:{port}")
+                    } else {
+                        format!("{addr}:{port}")
+                    };
+                    host.parse().ok()
+                }))
+            })
+            .flatten()
+            .collect();
+        // Stable order, so an unchanged cluster builds an identical table.
+        endpoints.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        endpoints.dedup();
+        if endpoints.is_empty() {
+            return Err(Unresolved::NoReadyEndpoints(key.to_string()));
+        }
+        Ok(endpoints)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{BackendRef, ServiceRef};
+    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn svc_ref(name: &str, port: IntOrString) -> BackendRef {
+        BackendRef {
+            url: None,
+            service: Some(ServiceRef {
+                name: name.into(),
+                port,
+            }),
+        }
+    }
+
+    fn mk_route(ns: &str, name: &str, created_s: i64, spec: FallbackRouteSpec) -> FallbackRoute {
+        let mut r = FallbackRoute::new(name, spec);
+        r.metadata.namespace = Some(ns.into());
+        r.metadata.generation = Some(3);
+        r.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created_s).unwrap()));
+        r
+    }
+
+    fn shop_spec(host: &str) -> FallbackRouteSpec {
+        FallbackRouteSpec {
+            hosts: vec![host.into()],
+            primary: svc_ref("php", IntOrString::Int(80)),
+            fallback: svc_ref("py", IntOrString::String("http".into())),
+            ..Default::default()
+        }
+    }
+
+    fn mk_service(ns: &str, name: &str, ports: &[(Option<&str>, i32)]) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(n, p)| ServicePort {
+                            name: n.map(String::from),
+                            port: *p,
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn mk_slice(
+        ns: &str,
+        svc: &str,
+        port: (Option<&str>, i32),
+        ready: &[(&str, Option<bool>)],
+    ) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(format!("{svc}-abc")),
+                labels: Some([(SERVICE_NAME_LABEL.to_string(), svc.to_string())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: ready
+                .iter()
+                .map(|(addr, ready)| Endpoint {
+                    addresses: vec![addr.to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: *ready,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ports: Some(vec![EndpointPort {
+                name: port.0.map(String::from),
+                port: Some(port.1),
+                ..Default::default()
+            }]),
+        }
+    }
+
+    fn index() -> ClusterIndex {
+        ClusterIndex::new(IndexOptions {
+            ingress_class: "fallthrough".into(),
+            allow_url_backends: false,
+            defaults: Timeouts::default(),
+        })
+    }
+
+    fn condition<'a>(built: &'a Built, route: &str, type_: &str) -> &'a DesiredCondition {
+        built
+            .statuses
+            .iter()
+            .find(|s| s.key.name == route)
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+            .unwrap()
+    }
+
+    #[test]
+    fn service_ports_resolve_to_ready_endpoints_by_port_name() {
+        let mut idx = index();
+        idx.apply_service(&mk_service("web", "php", &[(None, 80)]));
+        idx.apply_service(&mk_service("web", "py", &[(Some("http"), 80)]));
+        idx.apply_slice(&mk_slice(
+            "web",
+            "php",
+            (None, 9000),
+            &[("10.0.0.1", None), ("10.0.0.2", Some(false))],
+        ));
+        idx.apply_slice(&mk_slice(
+            "web",
+            "py",
+            (Some("http"), 8000),
+            &[("10.0.1.1", Some(true))],
+        ));
+        idx.apply_route(&mk_route("web", "shop", 1, shop_spec("shop.test")));
+        let built = idx.build();
+        let route = &built.table.routes()[0];
+        assert_eq!(
+            route.primary.endpoints,
+            ["10.0.0.1:9000".parse::<Authority>().unwrap()]
+        );
+        assert_eq!(
+            route.fallback.endpoints,
+            ["10.0.1.1:8000".parse::<Authority>().unwrap()]
+        );
+        assert_eq!(route.primary.name, "web/php:80");
+        assert_eq!(condition(&built, "shop", "ResolvedRefs").status, "True");
+        assert_eq!(condition(&built, "shop", "Programmed").status, "True");
+        assert_eq!(built.statuses[0].generation, Some(3));
+    }
+
+    #[test]
+    fn missing_services_ports_and_endpoints_are_reported_but_the_route_is_served() {
+        let mut idx = index();
+        idx.apply_route(&mk_route("web", "shop", 1, shop_spec("shop.test")));
+        let built = idx.build();
+        assert_eq!(
+            built.table.routes().len(),
+            1,
+            "served, with 503s for the missing backends"
+        );
+        let resolved = condition(&built, "shop", "ResolvedRefs");
+        assert_eq!(
+            (resolved.status, resolved.reason),
+            ("False", "BackendNotFound")
+        );
+        assert!(
+            resolved.message.contains("web/php") && resolved.message.contains("web/py"),
+            "{}",
+            resolved.message
+        );
+
+        idx.apply_service(&mk_service("web", "php", &[(None, 8080)]));
+        idx.apply_service(&mk_service("web", "py", &[(Some("http"), 80)]));
+        let built = idx.build();
+        assert_eq!(
+            condition(&built, "shop", "ResolvedRefs").reason,
+            "PortNotFound"
+        );
+
+        idx.apply_service(&mk_service("web", "php", &[(None, 80)]));
+        let built = idx.build();
+        assert_eq!(
+            condition(&built, "shop", "ResolvedRefs").reason,
+            "NoReadyEndpoints"
+        );
+        assert!(built.table.routes()[0].primary.endpoints.is_empty());
+    }
+
+    #[test]
+    fn the_older_route_wins_a_conflict_and_the_other_names_it() {
+        let mut idx = index();
+        idx.apply_route(&mk_route("b", "newer", 200, shop_spec("shop.test")));
+        idx.apply_route(&mk_route("a", "older", 100, shop_spec("shop.test")));
+        let built = idx.build();
+        assert_eq!(built.table.routes()[0].name, "older");
+        let accepted = condition(&built, "newer", "Accepted");
+        assert_eq!((accepted.status, accepted.reason), ("False", "Conflicted"));
+        assert!(accepted.message.contains("a/older"), "{}", accepted.message);
+        assert_eq!(condition(&built, "newer", "Programmed").status, "False");
+        assert_eq!(built.rejected, 1);
+    }
+
+    #[test]
+    fn url_backends_need_permission_and_invalid_routes_are_rejected_alone() {
+        let mut idx = index();
+        let mut with_url = shop_spec("a.test");
+        with_url.primary = BackendRef {
+            url: Some("http://10.1.2.3:80".into()),
+            service: None,
+        };
+        idx.apply_route(&mk_route("web", "url", 1, with_url));
+        let mut invalid = shop_spec("b.test");
+        invalid.fallback_on = Some(vec![200]);
+        idx.apply_route(&mk_route("web", "invalid", 2, invalid));
+        idx.apply_route(&mk_route("web", "good", 3, shop_spec("c.test")));
+        let built = idx.build();
+        assert_eq!(
+            condition(&built, "url", "Accepted").reason,
+            "UrlBackendNotAllowed"
+        );
+        assert_eq!(condition(&built, "invalid", "Accepted").reason, "Invalid");
+        assert!(condition(&built, "invalid", "Accepted")
+            .message
+            .contains("200"));
+        let served: Vec<_> = built
+            .table
+            .routes()
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(served, ["good"]);
+    }
+
+    #[test]
+    fn routes_of_other_classes_are_ignored_entirely() {
+        let mut idx = index();
+        let mut other = shop_spec("a.test");
+        other.ingress_class_name = Some("nginx".into());
+        idx.apply_route(&mk_route("web", "theirs", 1, other));
+        let built = idx.build();
+        assert!(built.table.routes().is_empty() && built.statuses.is_empty());
+    }
+
+    #[test]
+    fn applies_report_changes_and_resets_drop_stale_objects() {
+        let mut idx = index();
+        let route = mk_route("web", "shop", 1, shop_spec("shop.test"));
+        assert!(idx.apply_route(&route));
+        assert!(
+            !idx.apply_route(&route),
+            "the same object again changes nothing"
+        );
+        let svc = mk_service("web", "php", &[(None, 80)]);
+        assert!(idx.apply_service(&svc));
+        assert!(!idx.apply_service(&svc));
+        assert!(idx.reset_routes(&[]));
+        assert!(idx.reset_services(&[]));
+        assert!(idx.build().table.routes().is_empty());
+    }
+}

@@ -24,8 +24,9 @@ pub struct Cli {
 /// The commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the proxy (with --routes: routes from files, no cluster needed).
-    Run(RunArgs),
+    /// Run the proxy: with --routes, routes from files (no cluster needed); without,
+    /// the Kubernetes controller (in-cluster config, or KUBECONFIG / --kubeconfig).
+    Run(Box<RunArgs>),
     /// Check route files and exit: prints every error with file and line.
     Check {
         /// A route file (YAML, several documents allowed) or a directory of them.
@@ -51,6 +52,32 @@ pub struct RunArgs {
     /// Route file or directory of route files; reloaded when they change and on SIGHUP.
     #[arg(long, env = "FALLTHROUGH_ROUTES")]
     pub routes: Option<PathBuf>,
+    /// Kubernetes: kubeconfig file (default: in-cluster config, then ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes: watch FallbackRoutes, Services and EndpointSlices in this namespace only.
+    #[arg(long, env = "FALLTHROUGH_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Kubernetes: serve routes whose spec.ingressClassName is this (or unset).
+    #[arg(long, env = "FALLTHROUGH_INGRESS_CLASS", default_value = "fallthrough")]
+    pub ingress_class: String,
+    /// Kubernetes: accept `url` backends (otherwise only Services: a namespace user must
+    /// not be able to point the proxy at arbitrary hosts).
+    #[arg(long, env = "FALLTHROUGH_ALLOW_URL_BACKENDS")]
+    pub allow_url_backends: bool,
+    /// Kubernetes: namespace of the Lease that picks the one replica writing status.
+    #[arg(long, env = "FALLTHROUGH_LEASE_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Kubernetes: name of that Lease.
+    #[arg(
+        long,
+        env = "FALLTHROUGH_LEASE_NAME",
+        default_value = "fallthrough-status"
+    )]
+    pub lease_name: String,
+    /// Kubernetes: this replica's identity in the Lease and in Events (default: host name and PID).
+    #[arg(long, env = "FALLTHROUGH_IDENTITY")]
+    pub identity: Option<String>,
     /// Address for client HTTP traffic.
     #[arg(long, env = "FALLTHROUGH_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,

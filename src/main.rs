@@ -6,7 +6,7 @@ use fallthrough::cli::{Cli, Command};
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => fallthrough::run::run(args)?,
+        Command::Run(args) => fallthrough::run::run(*args)?,
         Command::Check { routes } => fallthrough::run::check(&routes)?,
         Command::Crd => print!("{}", fallthrough::run::crd_yaml()?),
     }

@@ -16,8 +16,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::admin::{self, Readiness};
 use crate::cli::{LogFormat, RunArgs};
+use crate::index::cluster::IndexOptions;
 use crate::metrics::Metrics;
 use crate::provider::files::{self, RouteFileError};
+use crate::provider::kube::ControllerOptions;
 use crate::proxy::listener::{self, Drained};
 use crate::proxy::Proxy;
 use crate::routes::{Route, RouteTable, Timeouts};
@@ -25,9 +27,9 @@ use crate::routes::{Route, RouteTable, Timeouts};
 /// Why a command could not do its job.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// `run` without `--routes`.
-    #[error("no --routes given: pass --routes FILE|DIR (or set FALLTHROUGH_ROUTES); the Kubernetes controller mode is not available in this build yet")]
-    NoRoutes,
+    /// No usable Kubernetes configuration or client.
+    #[error("cannot reach Kubernetes: {0}; give --kubeconfig (or KUBECONFIG), run in a cluster, or pass --routes FILE|DIR to run without one")]
+    Kube(String),
     /// The route files are invalid at startup; every error was logged.
     #[error("{0} error(s) in the route files (listed above); fix them and start again")]
     InvalidRoutes(usize),
@@ -70,13 +72,13 @@ pub fn init_logging(format: LogFormat) {
 /// `fallthrough run`.
 pub fn run(args: RunArgs) -> Result<(), RunError> {
     init_logging(args.log_format);
-    let Some(routes) = args.routes.clone() else {
-        return Err(RunError::NoRoutes);
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve_files(args, routes))
+    match args.routes.clone() {
+        Some(routes) => runtime.block_on(serve_files(args, routes)),
+        None => runtime.block_on(serve_cluster(args)),
+    }
 }
 
 /// `fallthrough check`: validates route files, prints every problem.
@@ -139,10 +141,7 @@ async fn serve_files(args: RunArgs, path: PathBuf) -> Result<(), RunError> {
     publish(&proxy, &metrics, routes.clone());
     metrics.reloaded(true);
 
-    let http = bind("HTTP", "http-addr", args.http_addr).await?;
-    let admin = bind("the admin server", "admin-addr", args.admin_addr).await?;
-    tracing::info!("listening for HTTP on {}", http.local_addr()?);
-    tracing::info!("admin server listening on {}", admin.local_addr()?);
+    let (http, admin) = bind_both(&args).await?;
     readiness.set_loaded();
 
     let (changed_tx, changed_rx) = mpsc::channel(1);
@@ -160,6 +159,75 @@ async fn serve_files(args: RunArgs, path: PathBuf) -> Result<(), RunError> {
         changed_rx,
     ));
 
+    serve_until_stopped(&args, proxy, metrics, readiness, http, admin).await
+}
+
+async fn bind_both(args: &RunArgs) -> Result<(TcpListener, TcpListener), RunError> {
+    let http = bind("HTTP", "http-addr", args.http_addr).await?;
+    let admin = bind("the admin server", "admin-addr", args.admin_addr).await?;
+    tracing::info!("listening for HTTP on {}", http.local_addr()?);
+    tracing::info!("admin server listening on {}", admin.local_addr()?);
+    Ok((http, admin))
+}
+
+async fn kube_client(args: &RunArgs) -> Result<kube::Client, RunError> {
+    let err = |e: &dyn std::fmt::Display| RunError::Kube(e.to_string());
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| err(&e))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| err(&e))?
+        }
+        None => kube::Config::infer().await.map_err(|e| err(&e))?,
+    };
+    kube::Client::try_from(config).map_err(|e| err(&e))
+}
+
+async fn serve_cluster(args: RunArgs) -> Result<(), RunError> {
+    let client = kube_client(&args).await?;
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::default());
+    let proxy = Proxy::new(metrics.clone(), args.client_limits());
+    let (http, admin) = bind_both(&args).await?;
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let options = ControllerOptions {
+        index: IndexOptions {
+            ingress_class: args.ingress_class.clone(),
+            allow_url_backends: args.allow_url_backends,
+            defaults: args.default_timeouts(),
+        },
+        watch_namespace: args.watch_namespace.clone(),
+        lease_namespace: args.lease_namespace.clone(),
+        lease_name: args.lease_name.clone(),
+        identity,
+    };
+    tracing::info!(namespace = ?options.watch_namespace, ingress_class = %options.index.ingress_class, identity = %options.identity, "starting the Kubernetes controller");
+    tokio::spawn(crate::provider::kube::run(
+        client,
+        options,
+        proxy.clone(),
+        metrics.clone(),
+        readiness.clone(),
+    ));
+    serve_until_stopped(&args, proxy, metrics, readiness, http, admin).await
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "fallthrough".into());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn serve_until_stopped(
+    args: &RunArgs,
+    proxy: Arc<Proxy>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    http: TcpListener,
+    admin: TcpListener,
+) -> Result<(), RunError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(stop_on_signals(readiness.clone(), stop_tx)?);
     let admin_task = tokio::spawn(admin::serve(

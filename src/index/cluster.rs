@@ -9,11 +9,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use http::uri::Authority;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 
 use super::{route_from_spec, Context, Services, Unresolved};
 use crate::api::{FallbackRoute, FallbackRouteSpec};
@@ -65,6 +66,15 @@ struct RouteObj {
     created: Option<Time>,
 }
 
+/// What the cluster currently says about a route: where to report, and its status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    /// Reference for Events.
+    pub reference: ObjectReference,
+    /// Conditions as last seen on the object.
+    pub conditions: Vec<Condition>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 struct SvcPort {
     name: Option<String>,
@@ -94,7 +104,7 @@ pub struct DesiredCondition {
 }
 
 /// The status a route should have after a build.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DesiredStatus {
     /// Which route.
     pub key: ObjKey,
@@ -102,6 +112,8 @@ pub struct DesiredStatus {
     pub generation: Option<i64>,
     /// `Accepted`, `ResolvedRefs`, `Programmed`, in that order.
     pub conditions: Vec<DesiredCondition>,
+    /// The object as last seen, to compare with and to attach Events to.
+    pub observed: Option<Observed>,
 }
 
 /// The result of a build.
@@ -118,8 +130,21 @@ pub struct Built {
 pub struct ClusterIndex {
     options: IndexOptions,
     routes: BTreeMap<ObjKey, RouteObj>,
+    /// Kept apart from `routes`: a status write must not look like a route change.
+    observed: HashMap<ObjKey, Observed>,
     services: HashMap<ObjKey, Vec<SvcPort>>,
     slices: HashMap<ObjKey, Slice>,
+}
+
+fn observed(route: &FallbackRoute) -> Observed {
+    Observed {
+        reference: route.object_ref(&()),
+        conditions: route
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default(),
+    }
 }
 
 fn route_obj(route: &FallbackRoute) -> RouteObj {
@@ -184,6 +209,7 @@ impl ClusterIndex {
         ClusterIndex {
             options,
             routes: BTreeMap::new(),
+            observed: HashMap::new(),
             services: HashMap::new(),
             slices: HashMap::new(),
         }
@@ -192,6 +218,7 @@ impl ClusterIndex {
     /// A route was created or changed. Returns whether the index changed.
     pub fn apply_route(&mut self, route: &FallbackRoute) -> bool {
         let (key, obj) = (ObjKey::of(route), route_obj(route));
+        self.observed.insert(key.clone(), observed(route));
         if self.routes.get(&key) == Some(&obj) {
             return false;
         }
@@ -201,11 +228,17 @@ impl ClusterIndex {
 
     /// A route was deleted.
     pub fn delete_route(&mut self, route: &FallbackRoute) -> bool {
-        self.routes.remove(&ObjKey::of(route)).is_some()
+        let key = ObjKey::of(route);
+        self.observed.remove(&key);
+        self.routes.remove(&key).is_some()
     }
 
     /// The watch re-listed routes: these are all that exist.
     pub fn reset_routes(&mut self, routes: &[FallbackRoute]) -> bool {
+        self.observed = routes
+            .iter()
+            .map(|r| (ObjKey::of(r), observed(r)))
+            .collect();
         let fresh: BTreeMap<_, _> = routes
             .iter()
             .map(|r| (ObjKey::of(r), route_obj(r)))
@@ -297,6 +330,7 @@ impl ClusterIndex {
                     key: (*key).clone(),
                     generation: obj.generation,
                     conditions: rejected(invalid.reason(), invalid.to_string()),
+                    observed: self.observed.get(*key).cloned(),
                 }),
             }
         }
@@ -319,6 +353,7 @@ impl ClusterIndex {
                 key: (*key).clone(),
                 generation: obj.generation,
                 conditions,
+                observed: self.observed.get(*key).cloned(),
             });
         }
         statuses.sort_by(|a, b| a.key.cmp(&b.key));

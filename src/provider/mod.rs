@@ -1,6 +1,7 @@
 //! Where routes come from.
 //!
-//! In: route files today (`files`); Kubernetes watches later.
-//! Out: validated routes for `RouteTable::build`.
+//! In: route files (`files`), or the Kubernetes API (`kube`).
+//! Out: validated routes and route tables for the proxy.
 
 pub mod files;
+pub mod kube;

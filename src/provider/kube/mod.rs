@@ -1,0 +1,236 @@
+//! Routes from the Kubernetes API: the controller half of `fallthrough run`.
+//!
+//! In: watches on FallbackRoutes, Services and EndpointSlices (all namespaces, or one).
+//! Out: route tables published to the proxy whenever what they resolve to changes, the
+//! desired status of every route for the status writer, and readiness once every watch
+//! has delivered its initial list. If the API server goes away the proxy keeps serving
+//! the last table while the watches reconnect with backoff.
+
+pub mod leader;
+pub mod status;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::{watch, Notify};
+
+use crate::admin::Readiness;
+use crate::api::FallbackRoute;
+use crate::index::cluster::{ClusterIndex, DesiredStatus, IndexOptions};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::routes::Route;
+
+/// Controller settings beyond the index's.
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// How routes are validated and built.
+    pub index: IndexOptions,
+    /// Watch one namespace instead of all.
+    pub watch_namespace: Option<String>,
+    /// Namespace of the status-writer Lease.
+    pub lease_namespace: String,
+    /// Name of the status-writer Lease.
+    pub lease_name: String,
+    /// This replica's name in the Lease and in Events.
+    pub identity: String,
+}
+
+/// State shared by the watch tasks and the builder.
+struct Shared {
+    index: Mutex<ClusterIndex>,
+    changed: Notify,
+    /// Per watched kind: has the initial list arrived?
+    synced: [AtomicBool; 3],
+}
+
+impl Shared {
+    fn all_synced(&self) -> bool {
+        self.synced.iter().all(|s| s.load(Ordering::Acquire))
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, ClusterIndex> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A kind the index keeps.
+trait Indexed: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static {
+    const SLOT: usize;
+    const KIND: &'static str;
+    fn apply(idx: &mut ClusterIndex, obj: &Self) -> bool;
+    fn delete(idx: &mut ClusterIndex, obj: &Self) -> bool;
+    fn reset(idx: &mut ClusterIndex, all: &[Self]) -> bool;
+}
+
+impl Indexed for FallbackRoute {
+    const SLOT: usize = 0;
+    const KIND: &'static str = "FallbackRoute";
+    fn apply(idx: &mut ClusterIndex, obj: &Self) -> bool {
+        idx.apply_route(obj)
+    }
+    fn delete(idx: &mut ClusterIndex, obj: &Self) -> bool {
+        idx.delete_route(obj)
+    }
+    fn reset(idx: &mut ClusterIndex, all: &[Self]) -> bool {
+        idx.reset_routes(all)
+    }
+}
+
+impl Indexed for Service {
+    const SLOT: usize = 1;
+    const KIND: &'static str = "Service";
+    fn apply(idx: &mut ClusterIndex, obj: &Self) -> bool {
+        idx.apply_service(obj)
+    }
+    fn delete(idx: &mut ClusterIndex, obj: &Self) -> bool {
+        idx.delete_service(obj)
+    }
+    fn reset(idx: &mut ClusterIndex, all: &[Self]) -> bool {
+        idx.reset_services(all)
+    }
+}
+
+impl Indexed for EndpointSlice {
+    const SLOT: usize = 2;
+    const KIND: &'static str = "EndpointSlice";
+    fn apply(idx: &mut ClusterIndex, obj: &Self) -> bool {
+        idx.apply_slice(obj)
+    }
+    fn delete(idx: &mut ClusterIndex, obj: &Self) -> bool {
+        idx.delete_slice(obj)
+    }
+    fn reset(idx: &mut ClusterIndex, all: &[Self]) -> bool {
+        idx.reset_slices(all)
+    }
+}
+
+fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller until the process stops.
+pub async fn run(
+    client: Client,
+    options: ControllerOptions,
+    proxy: Arc<Proxy>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+) {
+    let shared = Arc::new(Shared {
+        index: Mutex::new(ClusterIndex::new(options.index.clone())),
+        changed: Notify::new(),
+        synced: Default::default(),
+    });
+    let ns = &options.watch_namespace;
+    tokio::spawn(watch_kind(
+        api::<FallbackRoute>(&client, ns),
+        shared.clone(),
+    ));
+    tokio::spawn(watch_kind(api::<Service>(&client, ns), shared.clone()));
+    tokio::spawn(watch_kind(
+        api::<EndpointSlice>(&client, ns),
+        shared.clone(),
+    ));
+
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let (status_tx, status_rx) = watch::channel(Vec::new());
+    tokio::spawn(leader::elect(client.clone(), options.clone(), leader_tx));
+    tokio::spawn(status::write(
+        client,
+        options.identity.clone(),
+        status_rx,
+        leader_rx,
+    ));
+    build_loop(shared, proxy, metrics, readiness, status_tx).await;
+}
+
+async fn watch_kind<K: Indexed>(api: Api<K>, shared: Arc<Shared>) {
+    let mut events = watcher(api).default_backoff().boxed();
+    let mut initial = Vec::new();
+    while let Some(event) = events.next().await {
+        let changed = match event {
+            Ok(Event::Init) => {
+                initial.clear();
+                false
+            }
+            Ok(Event::InitApply(obj)) => {
+                initial.push(obj);
+                false
+            }
+            Ok(Event::InitDone) => {
+                let changed = K::reset(&mut shared.index(), &initial);
+                initial = Vec::new();
+                let first = !shared.synced[K::SLOT].swap(true, Ordering::AcqRel);
+                if first {
+                    tracing::info!(kind = K::KIND, "initial list received");
+                }
+                changed || first
+            }
+            Ok(Event::Apply(obj)) => K::apply(&mut shared.index(), &obj),
+            Ok(Event::Delete(obj)) => K::delete(&mut shared.index(), &obj),
+            Err(err) => {
+                tracing::warn!(kind = K::KIND, error = %err, "watch failed; retrying with backoff, the last routes keep serving");
+                false
+            }
+        };
+        if changed {
+            shared.changed.notify_one();
+        }
+    }
+}
+
+fn watcher<K: Indexed>(api: Api<K>) -> impl futures_util::Stream<Item = watcher::Result<Event<K>>> {
+    watcher::watcher(api, watcher::Config::default())
+}
+
+async fn build_loop(
+    shared: Arc<Shared>,
+    proxy: Arc<Proxy>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    status_tx: watch::Sender<Vec<DesiredStatus>>,
+) {
+    let mut serving: Option<Vec<Route>> = None;
+    loop {
+        shared.changed.notified().await;
+        if !shared.all_synced() {
+            continue;
+        }
+        let building = shared.clone();
+        // Building is synchronous and can take milliseconds with many routes: keep it
+        // off the proxy's worker threads.
+        let Ok(built) = tokio::task::spawn_blocking(move || building.index().build()).await else {
+            continue;
+        };
+        let routes = built.table.routes();
+        if serving.as_deref() != Some(routes) {
+            tracing::info!(
+                routes = routes.len(),
+                rejected = built.rejected,
+                "routing table updated"
+            );
+            let routes = routes.to_vec();
+            metrics.table_published(routes.len(), built.rejected);
+            metrics.reloaded(true);
+            proxy.publish(built.table);
+            serving = Some(routes);
+        }
+        readiness.set_loaded();
+        status_tx.send_replace(built.statuses);
+    }
+}

@@ -240,9 +240,16 @@ impl Fallthrough {
         let dir = tempfile::tempdir().unwrap();
         let routes_path = dir.path().join("routes.yaml");
         std::fs::write(&routes_path, routes).unwrap();
+        let mut all = vec!["--routes", routes_path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        Self::spawn(dir, routes_path.clone(), &all).await
+    }
+
+    /// Runs `fallthrough run ARGS` on free loopback ports (the binary needs no routes
+    /// file in cluster mode).
+    pub async fn spawn(dir: tempfile::TempDir, routes_path: PathBuf, args: &[&str]) -> Fallthrough {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fallthrough"))
-            .args(["run", "--routes"])
-            .arg(&routes_path)
+            .arg("run")
             .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
@@ -373,6 +380,19 @@ pub async fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T 
         }
         assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls an async `probe` until it is true; fails the test after [`DEADLINE`].
+pub async fn wait_for_async<F, Fut>(what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !probe().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -38,9 +38,14 @@ pub async fn write(
         client.clone(),
         Reporter {
             controller: CONTROLLER.into(),
-            instance: Some(identity),
+            instance: Some(identity.clone()),
         },
     );
+    // The field manager names the replica, so managedFields show who wrote status.
+    let params = PatchParams {
+        field_manager: Some(identity),
+        ..PatchParams::default()
+    };
     let mut written = Written::new();
     loop {
         tokio::select! {
@@ -65,9 +70,9 @@ pub async fn write(
             .collect();
         let done: Vec<Option<DesiredStatus>> = futures_util::stream::iter(todo)
             .map(|desired| {
-                let (client, recorder) = (client.clone(), &recorder);
+                let (client, recorder, params) = (client.clone(), &recorder, &params);
                 async move {
-                    match patch(&client, recorder, &desired).await {
+                    match patch(&client, recorder, params, &desired).await {
                         Ok(()) => Some(desired),
                         Err(err) => {
                             tracing::warn!(route = %desired.key, error = %err, "writing route status failed; will retry");
@@ -151,14 +156,14 @@ fn new_problems(desired: &DesiredStatus) -> Vec<&DesiredCondition> {
 async fn patch(
     client: &Client,
     recorder: &Recorder,
+    params: &PatchParams,
     desired: &DesiredStatus,
 ) -> Result<(), kube::Error> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let body = serde_json::json!({ "status": { "conditions": conditions(desired, &now) } });
     let api: Api<FallbackRoute> = Api::namespaced(client.clone(), &desired.key.namespace);
-    let params = PatchParams::default();
     match api
-        .patch_status(&desired.key.name, &params, &Patch::Merge(&body))
+        .patch_status(&desired.key.name, params, &Patch::Merge(&body))
         .await
     {
         Ok(_) => {}

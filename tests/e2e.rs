@@ -1,0 +1,704 @@
+//! End-to-end against a real kube-apiserver + etcd, real PHP and gunicorn "pods", and the
+//! controller running with only its restricted identity.
+//!
+//! Needs root (network namespaces) and the Go-built binaries: `scripts/test` runs these
+//! with `--ignored --test-threads=1` after building them. The tests share one cluster
+//! and run one at a time; each uses its own namespace and Lease.
+
+#[path = "e2e/cluster.rs"]
+mod cluster;
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cluster::*;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use support::{send, Fallthrough};
+
+const NEEDS: &str = "needs root and the Go-built cluster binaries: run scripts/test";
+
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let c = Cluster::start();
+        c.install_crd();
+        c
+    })
+}
+
+fn namespace(name: &str) -> String {
+    let ns = format!("e2e-{name}");
+    let _ = cluster().kubectl(&["create", "namespace", &ns]);
+    ns
+}
+
+/// A controller (and proxy) with the restricted identity, watching `ns`.
+async fn controller(ns: &str, lease: &str, identity: &str) -> Fallthrough {
+    let c = cluster();
+    let kubeconfig = c.controller_kubeconfig.to_str().unwrap().to_string();
+    let ft = Fallthrough::spawn(
+        tempfile::tempdir().unwrap(),
+        Default::default(),
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "--watch-namespace",
+            ns,
+            "--lease-namespace",
+            SYSTEM_NAMESPACE,
+            "--lease-name",
+            lease,
+            "--identity",
+            identity,
+            "--shutdown-grace",
+            "1s",
+        ],
+    )
+    .await;
+    let admin = ft.admin;
+    support::wait_for_async("controller /readyz", || async move {
+        support::get(admin, "/readyz").await.0 == 200
+    })
+    .await;
+    ft
+}
+
+async fn get_host(ft: &Fallthrough, host: &str, path: &str) -> (u16, http::HeaderMap, Bytes) {
+    let req = Request::get(path)
+        .header("host", host)
+        .body(Full::default())
+        .unwrap();
+    let (status, headers, body) = send(ft.http, req).await;
+    (status.as_u16(), headers, body)
+}
+
+fn served_by(headers: &http::HeaderMap) -> &str {
+    headers
+        .get("x-served-by")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// Waits until `host`+`path` is answered with `status` by `who` ("" = any).
+async fn eventually_served(ft: &Fallthrough, host: &str, path: &str, status: u16, who: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let (s, headers, _) = get_host(ft, host, path).await;
+        if s == status && (who.is_empty() || served_by(&headers) == who) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{host}{path}: still {s} from {:?}, wanted {status} from {who:?}",
+            served_by(&headers)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `status.conditions` of a route as (type, status, reason, message, observedGeneration).
+fn conditions(ns: &str, route: &str) -> Vec<(String, String, String, String, i64)> {
+    let out = cluster().kubectl_ok(&["get", "fallbackroute", "-n", ns, route, "-o", "json"]);
+    let obj: serde_json::Value = serde_json::from_str(&out).unwrap();
+    obj["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (
+                s("type"),
+                s("status"),
+                s("reason"),
+                s("message"),
+                c["observedGeneration"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect()
+}
+
+fn generation(ns: &str, route: &str) -> i64 {
+    cluster()
+        .kubectl_ok(&[
+            "get",
+            "fallbackroute",
+            "-n",
+            ns,
+            route,
+            "-o",
+            "jsonpath={.metadata.generation}",
+        ])
+        .parse()
+        .unwrap()
+}
+
+/// Waits until the route's condition `type_` has `status` and `reason` for its current
+/// generation; returns its message. On timeout, the route's actual conditions are shown.
+fn wait_condition(ns: &str, route: &str, type_: &str, status: &str, reason: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let generation = generation(ns, route);
+        let now = conditions(ns, route);
+        let found = now
+            .iter()
+            .find(|(t, s, r, _, g)| t == type_ && s == status && r == reason && *g == generation);
+        if let Some((.., message, _)) = found {
+            return message.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{ns}/{route}: no {type_}={status} ({reason}) for generation {generation}; conditions are {now:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Requests in a loop until stopped; counts good and bad answers.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(
+        addr: std::net::SocketAddr,
+        host: &'static str,
+        paths: &'static [&'static str],
+    ) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let tasks = (0..4)
+            .map(|i| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let client: Client<_, Full<Bytes>> =
+                        Client::builder(TokioExecutor::new()).build_http();
+                    let mut n = i;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let path = paths[n % paths.len()];
+                        let req = Request::get(format!("http://{addr}{path}"))
+                            .header("host", host)
+                            .body(Full::default())
+                            .unwrap();
+                        let good = match client.request(req).await {
+                            Ok(resp) => {
+                                resp.status() == 200 && resp.into_body().collect().await.is_ok()
+                            }
+                            Err(_) => false,
+                        };
+                        if good { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Waits until `n` more requests have been answered.
+    async fn run_for_more(&self, n: usize) {
+        let target = self.ok.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed) + n;
+        let start = std::time::Instant::now();
+        while self.ok.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed) < target {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the load stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the loop and returns (ok, failed).
+    async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn no_forbidden(ft: &Fallthrough) {
+    let denied: Vec<_> = ft
+        .log()
+        .into_iter()
+        .filter(|l| l.to_lowercase().contains("forbidden"))
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "the restricted identity was refused something: {denied:#?}"
+    );
+}
+
+async fn reloads(ft: &Fallthrough) -> f64 {
+    ft.sample(r#"fallthrough_config_reloads_total{result="success"}"#)
+        .await
+}
+
+/// Waits until the controller has published another table after `before`.
+async fn next_table(ft: &Fallthrough, before: f64) {
+    let start = std::time::Instant::now();
+    while reloads(ft).await <= before {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no new routing table was published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the Go-built cluster binaries: run scripts/test"]
+async fn php_serves_what_it_knows_and_python_the_rest_through_services() {
+    let _ = NEEDS;
+    let c = cluster();
+    let ns = namespace("basics");
+    let (php, py) = (Pod::php(), Pod::python());
+    c.apply(&service_yaml(&ns, "legacy", "web", 8080, &[&php], &[]));
+    c.apply(&service_yaml(&ns, "new", "http", 8000, &[&py], &[]));
+    c.apply(&route_yaml(
+        &ns,
+        "shop",
+        &["shop.test"],
+        "legacy",
+        "new",
+        "",
+    ));
+    let ft = controller(&ns, "basics", "basics-1").await;
+
+    eventually_served(&ft, "shop.test", "/about.php", 200, "legacy-php").await;
+    let (status, headers, _) = get_host(&ft, "shop.test", "/products/3").await;
+    assert_eq!((status, served_by(&headers)), (200, "new-python"));
+    let (status, headers, body) = get_host(&ft, "shop.test", "/nothing-here").await;
+    assert_eq!(
+        (status, served_by(&headers)),
+        (404, "new-python"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+
+    let payload = support::noise(4096, 7);
+    let req = Request::post("/api/echo")
+        .header("host", "shop.test")
+        .header("content-type", "application/octet-stream")
+        .body(Full::new(Bytes::from(payload.clone())))
+        .unwrap();
+    let (status, _, body) = send(ft.http, req).await;
+    assert_eq!(status, 200);
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let sha = String::from_utf8(
+        std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(&payload)?;
+                child.wait_with_output()
+            })
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let echoed = echo.to_string();
+    assert!(
+        echoed.contains(sha.split_whitespace().next().unwrap()),
+        "the Python pod got another body: {echoed}"
+    );
+
+    for type_ in ["Accepted", "ResolvedRefs", "Programmed"] {
+        wait_condition(&ns, "shop", type_, "True", type_);
+    }
+    let printed = c.kubectl_ok(&["get", "fallbackroutes", "-n", &ns]);
+    assert!(
+        printed.contains("PROGRAMMED") && printed.contains("legacy") && printed.contains("True"),
+        "{printed}"
+    );
+    no_forbidden(&ft);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the Go-built cluster binaries: run scripts/test"]
+async fn scaling_endpoints_up_and_down_under_load_fails_no_request() {
+    let c = cluster();
+    let ns = namespace("scaling");
+    let (mut a, mut b, extra) = (Pod::php(), Pod::php(), Pod::php());
+    let py = Pod::python();
+    c.apply(&service_yaml(&ns, "legacy", "web", 8080, &[&a, &b], &[]));
+    c.apply(&service_yaml(&ns, "new", "http", 8000, &[&py], &[]));
+    c.apply(&route_yaml(
+        &ns,
+        "shop",
+        &["shop.test"],
+        "legacy",
+        "new",
+        "",
+    ));
+    let ft = controller(&ns, "scaling", "scaling-1").await;
+    eventually_served(&ft, "shop.test", "/about.php", 200, "legacy-php").await;
+
+    let load = Load::start(
+        ft.http,
+        "shop.test",
+        &["/about.php", "/products/1", "/products/3"],
+    );
+    // Up: a third pod joins.
+    let before = reloads(&ft).await;
+    c.apply(&service_yaml(
+        &ns,
+        "legacy",
+        "web",
+        8080,
+        &[&a, &b, &extra],
+        &[],
+    ));
+    next_table(&ft, before).await;
+    // Down, the way Kubernetes does it: unready first, then the process goes.
+    let before = reloads(&ft).await;
+    c.apply(&service_yaml(
+        &ns,
+        "legacy",
+        "web",
+        8080,
+        &[&b, &extra],
+        &[&a],
+    ));
+    next_table(&ft, before).await;
+    a.stop();
+    let before = reloads(&ft).await;
+    c.apply(&service_yaml(
+        &ns,
+        "legacy",
+        "web",
+        8080,
+        &[&extra],
+        &[&a, &b],
+    ));
+    next_table(&ft, before).await;
+    b.stop();
+    load.run_for_more(200).await;
+    let (ok, failed) = load.finish().await;
+    assert!(ok > 100, "the load ran ({ok} requests)");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed while scaling",
+        ok + failed
+    );
+    no_forbidden(&ft);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the Go-built cluster binaries: run scripts/test"]
+async fn editing_a_route_takes_effect_and_deleting_it_stops_it() {
+    let c = cluster();
+    let ns = namespace("edit");
+    let (php, py) = (Pod::php(), Pod::python());
+    c.apply(&service_yaml(&ns, "legacy", "web", 8080, &[&php], &[]));
+    c.apply(&service_yaml(&ns, "new", "http", 8000, &[&py], &[]));
+    c.apply(&route_yaml(&ns, "shop", &["a.test"], "legacy", "new", ""));
+    let ft = controller(&ns, "edit", "edit-1").await;
+    eventually_served(&ft, "a.test", "/about.php", 200, "legacy-php").await;
+    wait_condition(&ns, "shop", "Programmed", "True", "Programmed");
+    assert_eq!(generation(&ns, "shop"), 1);
+
+    // Move the route to another host: generation 2, and the conditions follow it.
+    c.apply(&route_yaml(&ns, "shop", &["b.test"], "legacy", "new", ""));
+    eventually_served(&ft, "b.test", "/about.php", 200, "legacy-php").await;
+    let (status, _, body) = get_host(&ft, "a.test", "/about.php").await;
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("no route"));
+    assert_eq!(generation(&ns, "shop"), 2);
+    for type_ in ["Accepted", "ResolvedRefs", "Programmed"] {
+        wait_condition(&ns, "shop", type_, "True", type_);
+    }
+    assert!(
+        conditions(&ns, "shop").iter().all(|c| c.4 == 2),
+        "observedGeneration 2: {:?}",
+        conditions(&ns, "shop")
+    );
+
+    c.kubectl_ok(&["delete", "fallbackroute", "-n", &ns, "shop"]);
+    eventually_served(&ft, "b.test", "/about.php", 404, "").await;
+    no_forbidden(&ft);
+}
+
+/// Events about a route, as "reason: note" lines.
+fn events(ns: &str, route: &str) -> String {
+    cluster().kubectl_ok(&[
+        "get",
+        "events.events.k8s.io",
+        "-n",
+        ns,
+        "--field-selector",
+        &format!("regarding.name={route}"),
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.note}{\"\\n\"}{end}",
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the Go-built cluster binaries: run scripts/test"]
+async fn invalid_and_conflicting_routes_get_conditions_and_events_while_others_serve() {
+    let c = cluster();
+    let ns = namespace("invalid");
+    let (php, py) = (Pod::php(), Pod::python());
+    c.apply(&service_yaml(&ns, "legacy", "web", 8080, &[&php], &[]));
+    c.apply(&service_yaml(&ns, "new", "http", 8000, &[&py], &[]));
+    c.apply(&route_yaml(
+        &ns,
+        "good",
+        &["good.test"],
+        "legacy",
+        "new",
+        "",
+    ));
+    let ft = controller(&ns, "invalid", "invalid-1").await;
+    eventually_served(&ft, "good.test", "/about.php", 200, "legacy-php").await;
+
+    // The schema refuses what it can, with a message a user understands.
+    let both = route_yaml(&ns, "both", &["x.test"], "legacy", "new", "").replace(
+        "primary: {service: {name: legacy, port: 80}}",
+        "primary: {service: {name: legacy, port: 80}, url: \"http://10.0.0.1\"}",
+    );
+    let refused = c.try_apply(&both).unwrap_err();
+    assert!(
+        refused.contains("set exactly one of url or service"),
+        "{refused}"
+    );
+    let refused = c
+        .try_apply(&route_yaml(
+            &ns,
+            "bad-status",
+            &["x.test"],
+            "legacy",
+            "new",
+            "  fallbackOn: [200]\n",
+        ))
+        .unwrap_err();
+    assert!(
+        refused.contains("fallbackOn") && refused.contains("300"),
+        "{refused}"
+    );
+
+    // What only the controller can judge gets a condition and an Event.
+    let url = route_yaml(&ns, "by-url", &["url.test"], "legacy", "new", "").replace(
+        "primary: {service: {name: legacy, port: 80}}",
+        "primary: {url: \"http://10.0.0.1:80\"}",
+    );
+    c.apply(&url);
+    c.apply(&route_yaml(
+        &ns,
+        "copycat",
+        &["good.test"],
+        "legacy",
+        "new",
+        "",
+    ));
+    c.apply(&route_yaml(
+        &ns,
+        "dangling",
+        &["dangling.test"],
+        "missing",
+        "new",
+        "",
+    ));
+
+    let message = wait_condition(&ns, "by-url", "Accepted", "False", "UrlBackendNotAllowed");
+    assert!(message.contains("--allow-url-backends"), "{message}");
+    let message = wait_condition(&ns, "copycat", "Accepted", "False", "Conflicted");
+    assert!(
+        message.contains(&format!("{ns}/good")),
+        "the winner is named: {message}"
+    );
+    wait_condition(&ns, "copycat", "Programmed", "False", "NotAccepted");
+    let message = wait_condition(&ns, "dangling", "ResolvedRefs", "False", "BackendNotFound");
+    assert!(message.contains(&format!("{ns}/missing")), "{message}");
+    wait_condition(&ns, "dangling", "Programmed", "True", "Programmed");
+    let (status, _, body) = get_host(&ft, "dangling.test", "/about.php").await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+
+    wait_until(
+        "Events for the rejected routes",
+        Duration::from_secs(30),
+        || {
+            events(&ns, "by-url").contains("UrlBackendNotAllowed")
+                && events(&ns, "copycat").contains("Conflicted")
+                && events(&ns, "dangling").contains("BackendNotFound")
+        },
+    );
+    let (status, headers, _) = get_host(&ft, "good.test", "/about.php").await;
+    assert_eq!(
+        (status, served_by(&headers)),
+        (200, "legacy-php"),
+        "the good route kept serving"
+    );
+    wait_condition(&ns, "good", "Accepted", "True", "Accepted");
+    no_forbidden(&ft);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the Go-built cluster binaries: run scripts/test"]
+async fn restarting_the_api_server_mid_load_fails_no_request() {
+    let c = cluster();
+    let ns = namespace("restart");
+    let (php, py) = (Pod::php(), Pod::python());
+    c.apply(&service_yaml(&ns, "legacy", "web", 8080, &[&php], &[]));
+    c.apply(&service_yaml(&ns, "new", "http", 8000, &[&py], &[]));
+    c.apply(&route_yaml(
+        &ns,
+        "shop",
+        &["shop.test"],
+        "legacy",
+        "new",
+        "",
+    ));
+    let ft = controller(&ns, "restart", "restart-1").await;
+    eventually_served(&ft, "shop.test", "/products/3", 200, "new-python").await;
+
+    let load = Load::start(ft.http, "shop.test", &["/about.php", "/products/3"]);
+    c.stop_apiserver();
+    load.run_for_more(300).await;
+    c.start_again();
+    load.run_for_more(300).await;
+    let (ok, failed) = load.finish().await;
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed across the restart",
+        ok + failed
+    );
+
+    // The controller is back on its watches: a change made now is served.
+    c.apply(&route_yaml(
+        &ns,
+        "shop",
+        &["moved.test"],
+        "legacy",
+        "new",
+        "",
+    ));
+    eventually_served(&ft, "moved.test", "/about.php", 200, "legacy-php").await;
+    wait_condition(&ns, "shop", "Programmed", "True", "Programmed");
+    assert!(
+        ft.log().iter().any(|l| l.contains("watch failed")),
+        "the outage was noticed and logged"
+    );
+}
+
+/// Field managers that wrote the route's status.
+fn status_writers(ns: &str, route: &str) -> Vec<String> {
+    let out = cluster().kubectl_ok(&[
+        "get",
+        "fallbackroute",
+        "-n",
+        ns,
+        route,
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]);
+    let obj: serde_json::Value = serde_json::from_str(&out).unwrap();
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["subresource"] == "status")
+        .filter_map(|f| f["manager"].as_str().map(String::from))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the Go-built cluster binaries: run scripts/test"]
+async fn with_two_controllers_both_serve_and_exactly_one_writes_status() {
+    let c = cluster();
+    let ns = namespace("leader");
+    let (php, py) = (Pod::php(), Pod::python());
+    c.apply(&service_yaml(&ns, "legacy", "web", 8080, &[&php], &[]));
+    c.apply(&service_yaml(&ns, "new", "http", 8000, &[&py], &[]));
+    c.apply(&route_yaml(
+        &ns,
+        "shop",
+        &["shop.test"],
+        "legacy",
+        "new",
+        "",
+    ));
+    let replicas = [
+        (
+            "replica-one",
+            controller(&ns, "leader", "replica-one").await,
+        ),
+        (
+            "replica-two",
+            controller(&ns, "leader", "replica-two").await,
+        ),
+    ];
+    for (_, ft) in &replicas {
+        eventually_served(ft, "shop.test", "/products/3", 200, "new-python").await;
+    }
+    wait_condition(&ns, "shop", "Programmed", "True", "Programmed");
+    let holder = || {
+        c.kubectl_ok(&[
+            "get",
+            "lease",
+            "-n",
+            SYSTEM_NAMESPACE,
+            "leader",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+    };
+    let leader = holder();
+    assert!(
+        leader == "replica-one" || leader == "replica-two",
+        "holder {leader:?}"
+    );
+    assert_eq!(
+        status_writers(&ns, "shop"),
+        std::slice::from_ref(&leader),
+        "only the Lease holder writes status"
+    );
+
+    // The leader goes away; the other takes the Lease and writes the next change.
+    let gone = replicas.iter().position(|(id, _)| *id == leader).unwrap();
+    let (stays, survivor) = (replicas[1 - gone].0, &replicas[1 - gone].1);
+    replicas[gone].1.signal("KILL");
+    c.apply(&route_yaml(
+        &ns,
+        "shop",
+        &["shop.test", "www.shop.test"],
+        "legacy",
+        "new",
+        "",
+    ));
+    wait_until(
+        "the other replica to take over status",
+        Duration::from_secs(60),
+        || holder() == stays,
+    );
+    wait_condition(&ns, "shop", "Programmed", "True", "Programmed");
+    assert!(
+        status_writers(&ns, "shop").contains(&stays.to_string()),
+        "{:?}",
+        status_writers(&ns, "shop")
+    );
+    eventually_served(survivor, "www.shop.test", "/products/3", 200, "new-python").await;
+    no_forbidden(survivor);
+}

@@ -1,0 +1,267 @@
+//! Controller figures against a real kube-apiserver: how fast a route change is served,
+//! and what the initial sync costs with 1,000 and 10,000 FallbackRoutes. Prints figures;
+//! asserts only that things work (timings are not asserted: shared machines vary).
+//! Run by `bench/controller` (release build).
+
+#[path = "e2e/cluster.rs"]
+mod cluster;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use cluster::*;
+use fallthrough::api::{BackendRef, FallbackRoute, FallbackRouteSpec, ServiceRef};
+use futures_util::StreamExt;
+use http::Request;
+use http_body_util::Full;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, ListParams, PostParams};
+use support::{send, Fallthrough};
+
+const NS: &str = "bench";
+
+fn backend(name: &str, port: IntOrString) -> BackendRef {
+    BackendRef {
+        url: None,
+        service: Some(ServiceRef {
+            name: name.into(),
+            port,
+        }),
+    }
+}
+
+fn route(name: &str, host: &str) -> FallbackRoute {
+    let mut r = FallbackRoute::new(
+        name,
+        FallbackRouteSpec {
+            hosts: vec![host.into()],
+            primary: backend("legacy", IntOrString::Int(80)),
+            fallback: backend("new", IntOrString::String("http".into())),
+            ..Default::default()
+        },
+    );
+    r.metadata.namespace = Some(NS.into());
+    r
+}
+
+async fn admin_client(c: &Cluster) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&c.admin_kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// Creates routes `from..to`, 32 at a time, with progress.
+async fn create_routes(api: &Api<FallbackRoute>, from: usize, to: usize) {
+    let started = Instant::now();
+    let created = futures_util::stream::iter(from..to)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                api.create(
+                    &PostParams::default(),
+                    &route(&format!("r{i}"), &format!("h{i}.bench.test")),
+                )
+                .await
+                .unwrap();
+            }
+        })
+        .buffer_unordered(32)
+        .enumerate()
+        .fold(0, |_, (n, ())| async move {
+            if (n + 1) % 1000 == 0 {
+                eprintln!("bench: created {} routes", from + n + 1);
+            }
+            n + 1
+        })
+        .await;
+    eprintln!(
+        "bench: {created} routes created in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+async fn start_controller(c: &Cluster, identity: &str) -> (Fallthrough, Duration) {
+    let started = Instant::now();
+    let kubeconfig = c.controller_kubeconfig.to_str().unwrap().to_string();
+    let ft = Fallthrough::spawn(
+        tempfile::tempdir().unwrap(),
+        Default::default(),
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "--watch-namespace",
+            NS,
+            "--lease-namespace",
+            SYSTEM_NAMESPACE,
+            "--lease-name",
+            identity,
+            "--identity",
+            identity,
+        ],
+    )
+    .await;
+    let admin = ft.admin;
+    loop {
+        if support::get(admin, "/readyz").await.0 == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "controller never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (ft, started.elapsed())
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Seconds until every route in the namespace shows Programmed=True.
+async fn statuses_written(api: &Api<FallbackRoute>, expected: usize, since: Instant) -> f64 {
+    loop {
+        let routes = api.list(&ListParams::default()).await.unwrap();
+        let programmed = routes
+            .items
+            .iter()
+            .filter(|r| {
+                r.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Programmed" && c.status == "True")
+                })
+            })
+            .count();
+        if programmed >= expected {
+            return since.elapsed().as_secs_f64();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(600),
+            "statuses not written: {programmed}/{expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+/// Applies 100 host changes to route `probe` with kubectl and times each until served.
+async fn propagation(c: &Cluster, ft: &Fallthrough, label: &str) -> String {
+    let mut served_ms = Vec::new();
+    let mut kubectl_ms = Vec::new();
+    for i in 0..100 {
+        let host = format!("p{i}-{label}.bench.test");
+        let yaml = format!(
+            "apiVersion: fallthrough.dev/v1alpha1\nkind: FallbackRoute\nmetadata: {{name: probe, namespace: {NS}}}\nspec:\n  hosts: [\"{host}\"]\n  primary: {{service: {{name: legacy, port: 80}}}}\n  fallback: {{service: {{name: new, port: http}}}}\n"
+        );
+        let started = Instant::now();
+        let apply = {
+            let c_yaml = yaml.clone();
+            let kubeconfig = c.admin_kubeconfig.clone();
+            tokio::task::spawn_blocking(move || {
+                let t = Instant::now();
+                let mut child = std::process::Command::new(bin_dir().join("kubectl"))
+                    .arg(format!("--kubeconfig={}", kubeconfig.display()))
+                    .args(["apply", "-f", "-"])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(c_yaml.as_bytes())
+                    .unwrap();
+                assert!(child.wait().unwrap().success());
+                t.elapsed()
+            })
+        };
+        loop {
+            let req = Request::get("/about.php")
+                .header("host", &host)
+                .body(Full::default())
+                .unwrap();
+            if send(ft.http, req).await.0 == 200 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "change {i} never served"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        served_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        kubectl_ms.push(apply.await.unwrap().as_secs_f64() * 1000.0);
+    }
+    served_ms.sort_by(f64::total_cmp);
+    kubectl_ms.sort_by(f64::total_cmp);
+    format!(
+        "| propagation, {label} | p50 {:.0} ms, p99 {:.0} ms (kubectl apply itself: p50 {:.0} ms) |",
+        percentile(&served_ms, 0.5),
+        percentile(&served_ms, 0.99),
+        percentile(&kubectl_ms, 0.5)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run bench/controller"]
+async fn controller_figures() {
+    let c = Cluster::start();
+    c.install_crd();
+    let _ = c.kubectl(&["create", "namespace", NS]);
+    let (php, py) = (Pod::php(), Pod::python());
+    c.apply(&service_yaml(NS, "legacy", "web", 8080, &[&php], &[]));
+    c.apply(&service_yaml(NS, "new", "http", 8000, &[&py], &[]));
+    let client = admin_client(&c).await;
+    let api: Api<FallbackRoute> = Api::namespaced(client, NS);
+    let mut rows = vec!["| figure | value |".to_string(), "|---|---|".to_string()];
+
+    let (ft, _) = start_controller(&c, "bench-small").await;
+    eprintln!("bench: propagation with 1 route");
+    rows.push(propagation(&c, &ft, "1 route").await);
+    drop(ft);
+
+    let mut created = 0;
+    for total in [1_000, 10_000] {
+        create_routes(&api, created, total).await;
+        created = total;
+        let identity = format!("bench-{total}");
+        let (ft, ready) = start_controller(&c, &identity).await;
+        let since = Instant::now() - ready;
+        let after_sync = (rss_kib(ft.pid(), "VmRSS:"), rss_kib(ft.pid(), "VmHWM:"));
+        let status_s = statuses_written(&api, total, since).await;
+        rows.push(format!(
+            "| initial sync, {total} routes | ready in {:.2} s; RSS {} MiB (peak {} MiB); all statuses written after {status_s:.1} s |",
+            ready.as_secs_f64(),
+            after_sync.0 / 1024,
+            after_sync.1 / 1024
+        ));
+        if total == 10_000 {
+            eprintln!("bench: propagation with 10,000 routes");
+            rows.push(propagation(&c, &ft, "10k routes").await);
+            rows.push(format!(
+                "| RSS after, 10,000 routes | {} MiB (peak {} MiB) |",
+                rss_kib(ft.pid(), "VmRSS:") / 1024,
+                rss_kib(ft.pid(), "VmHWM:") / 1024
+            ));
+        }
+    }
+    println!(
+        "\nfallthrough controller figures ({} cores)\n{}",
+        std::thread::available_parallelism().unwrap(),
+        rows.join("\n")
+    );
+}

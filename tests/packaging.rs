@@ -825,6 +825,24 @@ fn helm_install_is_accepted_by_a_real_api_server() {
         c.admin_kubeconfig.to_str().unwrap(),
     ]);
     assert!(status.contains("STATUS: deployed"), "{status}");
+    let notes = helm_ok(&[
+        "get",
+        "notes",
+        "fallthrough",
+        "-n",
+        "fallthrough",
+        "--kubeconfig",
+        c.admin_kubeconfig.to_str().unwrap(),
+    ]);
+    for told in [
+        "kind: FallbackRoute",
+        "kubectl get fallbackroutes -A",
+        "port-forward service/fallthrough-metrics 9090:9090",
+        r#"sum by (namespace, route) (rate(fallthrough_requests_total{backend="fallback"}[5m]))"#,
+        "TLS is not implemented yet",
+    ] {
+        assert!(notes.contains(told), "NOTES.txt tells {told:?}:\n{notes}");
+    }
     for object in [
         "crd/fallbackroutes.fallthrough.dev",
         "ingressclass/fallthrough",

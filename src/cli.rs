@@ -92,6 +92,9 @@ pub struct RunArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// Data-plane threads; 0 means one per CPU core.
+    #[arg(long, env = "FALLTHROUGH_WORKERS", default_value_t = 0)]
+    pub workers: usize,
     /// On SIGTERM, how long in-flight requests may take to finish before exit.
     #[arg(long, env = "FALLTHROUGH_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

@@ -141,7 +141,18 @@ impl Metrics {
             self.upstream_duration
                 .with_label_values(&[ns, name, b.as_str()])
         };
+        let common = |b: Answerer| {
+            let service = match b {
+                Answerer::Primary => &route.primary.name,
+                Answerer::Fallback => &route.fallback.name,
+            };
+            COMMON_CODES.map(|code| {
+                self.requests
+                    .with_label_values(&[ns, name, b.as_str(), service, &code.to_string()])
+            })
+        };
         RouteMetrics {
+            common: [common(Answerer::Primary), common(Answerer::Fallback)],
             requests: self.requests.clone(),
             labels: [ns.to_string(), name.to_string()],
             services: [route.primary.name.clone(), route.fallback.name.clone()],
@@ -188,9 +199,15 @@ impl Metrics {
     }
 }
 
+/// Statuses whose response counters are resolved up front (nearly all of this
+/// product's traffic); their series exist from the start, at 0, so `rate()` works at once.
+const COMMON_CODES: [u16; 2] = [200, 404];
+
 /// Metric handles for one route.
 pub struct RouteMetrics {
     requests: IntCounterVec,
+    /// `requests_total` per backend (primary, fallback) for [`COMMON_CODES`].
+    common: [[IntCounter; COMMON_CODES.len()]; 2],
     labels: [String; 2],
     services: [String; 2],
     upstream_duration: [Histogram; 2],
@@ -210,7 +227,12 @@ fn slot(b: Answerer) -> usize {
 
 impl RouteMetrics {
     /// A response from `backend` reached the client with status `code`.
-    pub fn response(&self, backend: Answerer, code: &str) {
+    pub fn response(&self, backend: Answerer, code: http::StatusCode) {
+        if let Some(i) = COMMON_CODES.iter().position(|c| *c == code.as_u16()) {
+            self.common[slot(backend)][i].inc();
+            return;
+        }
+        let code = code.as_str();
         let [ns, name] = &self.labels;
         self.requests
             .with_label_values(&[

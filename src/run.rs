@@ -72,7 +72,11 @@ pub fn init_logging(format: LogFormat) {
 /// `fallthrough run`.
 pub fn run(args: RunArgs) -> Result<(), RunError> {
     init_logging(args.log_format);
+    // The control plane (admin, reloads, watches) is light; the data plane has its own
+    // threads (see `proxy::listener::serve_workers`).
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("fallthrough-control")
         .enable_all()
         .build()?;
     match args.routes.clone() {
@@ -236,7 +240,14 @@ async fn serve_until_stopped(
         readiness,
         stopped(stop_rx.clone()),
     ));
-    match listener::serve(proxy, http, stopped(stop_rx), args.shutdown_grace).await {
+    let workers = match args.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    tracing::info!(workers, "serving");
+    let drained =
+        listener::serve_workers(proxy, http, workers, stop_rx.clone(), args.shutdown_grace);
+    match drained.await? {
         Drained::Clean => tracing::info!("drained; exiting"),
         Drained::GraceExpired => tracing::warn!(
             grace = ?args.shutdown_grace,

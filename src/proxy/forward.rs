@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use super::body::{read_request_body, read_response_prefix, ClientBody, RequestBody, UpstreamBody};
 use super::headers::{is_upgrade, remove_hop_by_hop, set_forwarded};
 use super::rescue::ProxyError;
-use super::{ConnInfo, RouteRuntime};
+use super::{upstream, ConnInfo, RouteRuntime};
 use crate::routes::{Answerer, Backend, Route};
 
 /// How much of a primary's "not found" body is read so its connection can be reused
@@ -231,7 +231,9 @@ async fn send(
     req: Request<UpstreamBody>,
 ) -> Result<Response<Incoming>, ProxyError> {
     let started = Instant::now();
-    let result = tokio::time::timeout(route.timeouts.response_header, rt.client.request(req)).await;
+    let t = &route.timeouts;
+    let result =
+        tokio::time::timeout(t.response_header, upstream::request(t.connect, t.idle, req)).await;
     rt.metrics.upstream_attempt(backend, started.elapsed());
     let err = match result {
         Ok(Ok(resp)) => return Ok(resp),
@@ -280,7 +282,7 @@ fn respond(
         }
     }
     let (mut parts, body) = resp.into_parts();
-    rt.metrics.response(backend, parts.status.as_str());
+    rt.metrics.response(backend, parts.status);
     remove_hop_by_hop(&mut parts.headers, switching);
     // The upstream's protocol version is its own business; hyper speaks the client's.
     parts.version = Version::default();
@@ -298,8 +300,7 @@ fn respond_kept(rt: &RouteRuntime, kept: KeptAnswer) -> Response<ClientBody> {
         prefix,
         rest,
     } = kept;
-    rt.metrics
-        .response(Answerer::Primary, parts.status.as_str());
+    rt.metrics.response(Answerer::Primary, parts.status);
     remove_hop_by_hop(&mut parts.headers, false);
     parts.version = Version::default();
     Response::from_parts(parts, ClientBody::upstream_prefixed(prefix, rest))

@@ -1,9 +1,12 @@
 //! Accepts client connections and drives HTTP/1.1 and cleartext HTTP/2 on them.
 //!
 //! In: a bound listener, the proxy, and a shutdown signal.
-//! Out: served connections. On shutdown the listener closes at once, open connections
-//! finish their in-flight requests (keep-alive ones are told to close) for up to the
-//! grace period, and what is left after that is dropped.
+//! Out: served connections. The data plane runs one single-threaded runtime per worker
+//! thread (one per core by default), each accepting from the same listening socket, so a
+//! connection, its requests and their upstream connections stay on one thread (the
+//! nginx worker model: no cross-thread wake-ups per request). On shutdown the listener
+//! closes at once, open connections finish their in-flight requests (keep-alive ones are
+//! told to close) for up to the grace period, and what is left after that is dropped.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
 
 use super::{ConnInfo, Proxy};
 
@@ -28,6 +32,54 @@ pub enum Drained {
     Clean,
     /// The grace period ran out; remaining connections were dropped.
     GraceExpired,
+}
+
+/// Serves on `workers` threads until `stop_rx` turns true, then drains for up to `grace`.
+pub async fn serve_workers(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    workers: usize,
+    stop_rx: watch::Receiver<bool>,
+    grace: Duration,
+) -> std::io::Result<Drained> {
+    let shared = listener.into_std()?;
+    let mut finished = Vec::with_capacity(workers);
+    for worker in 0..workers.max(1) {
+        let socket = shared.try_clone()?;
+        let (done_tx, done_rx) = oneshot::channel();
+        let (proxy, mut stop_rx) = (proxy.clone(), stop_rx.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("fallthrough-worker-{worker}"))
+            .spawn(move || {
+                let drained = runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(socket) {
+                        Ok(l) => l,
+                        Err(err) => {
+                            tracing::error!(error = %err, "worker cannot use the listening socket");
+                            return Drained::Clean;
+                        }
+                    };
+                    let stopped = async move {
+                        let _ = stop_rx.wait_for(|stop| *stop).await;
+                    };
+                    serve(proxy, listener, stopped, grace).await
+                });
+                let _ = done_tx.send(drained);
+            })?;
+        finished.push(done_rx);
+    }
+    // Each worker holds its own handle on the socket; it closes when the last one stops.
+    drop(shared);
+    let mut result = Drained::Clean;
+    for done in finished {
+        if done.await != Ok(Drained::Clean) {
+            result = Drained::GraceExpired;
+        }
+    }
+    Ok(result)
 }
 
 /// Serves connections until `shutdown` resolves, then drains for up to `grace`.
@@ -84,7 +136,7 @@ pub async fn serve(
         }
     }
     drop(listener);
-    tracing::info!(grace = ?grace, "stopped accepting connections; draining in-flight requests");
+    tracing::debug!(grace = ?grace, "worker stopped accepting connections; draining in-flight requests");
     match tokio::time::timeout(grace, graceful.shutdown()).await {
         Ok(()) => Drained::Clean,
         Err(_) => Drained::GraceExpired,

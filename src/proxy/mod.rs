@@ -12,27 +12,21 @@ mod forward;
 pub mod headers;
 pub mod listener;
 pub mod rescue;
+mod upstream;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::routes::RouteTable;
 use body::ClientBody;
 use rescue::{rescue, ProxyError};
-
-/// HTTP client with keep-alive pools, one pool per upstream address.
-pub type UpstreamClient = Client<HttpConnector, body::UpstreamBody>;
 
 /// A routing table plus what the proxy needs per route at request time.
 pub struct Snapshot {
@@ -43,7 +37,6 @@ pub struct Snapshot {
 /// Per-route request-time state, parallel to the table's routes.
 struct RouteRuntime {
     metrics: Arc<RouteMetrics>,
-    client: UpstreamClient,
     /// Round-robin position per backend (primary, fallback).
     turns: [AtomicUsize; 2],
 }
@@ -94,14 +87,11 @@ impl Default for ClientLimits {
     }
 }
 
-/// The proxy: the current snapshot and the upstream connection pools.
+/// The proxy: the current snapshot, shared by every data-plane thread.
 pub struct Proxy {
     limits: ClientLimits,
     snapshot: ArcSwap<Snapshot>,
     metrics: Arc<Metrics>,
-    /// Clients by (connect timeout, idle timeout). Reused across reloads so that
-    /// keep-alive connections survive a table swap.
-    clients: Mutex<HashMap<(Duration, Duration), UpstreamClient>>,
 }
 
 impl Proxy {
@@ -114,7 +104,6 @@ impl Proxy {
                 runtimes: Vec::new(),
             }),
             metrics,
-            clients: Mutex::new(HashMap::new()),
         })
     }
 
@@ -125,29 +114,10 @@ impl Proxy {
             .iter()
             .map(|route| RouteRuntime {
                 metrics: Arc::new(self.metrics.route(route)),
-                client: self.client(route.timeouts.connect, route.timeouts.idle),
                 turns: Default::default(),
             })
             .collect();
         self.snapshot.store(Arc::new(Snapshot { table, runtimes }));
-    }
-
-    fn client(&self, connect: Duration, idle: Duration) -> UpstreamClient {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients
-            .entry((connect, idle))
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(connect));
-                Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(idle)
-                    // The client's own Host header is kept; never invent one from the upstream URL.
-                    .set_host(false)
-                    .build(connector)
-            })
-            .clone()
     }
 
     /// Handles one client request; never fails, errors become responses.

@@ -261,6 +261,10 @@ pub fn watch(
     changed_tx: mpsc::Sender<()>,
 ) -> Result<notify::RecommendedWatcher, notify::Error> {
     use notify::{RecursiveMode, Watcher};
+    let is_dir = std::fs::metadata(path).is_ok_and(|m| m.is_dir());
+    let file_name = (!is_dir)
+        .then(|| path.file_name().map(|n| n.to_os_string()))
+        .flatten();
     let watched: HashSet<PathBuf> = match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => [path.to_path_buf()].into(),
         _ => [path
@@ -271,7 +275,14 @@ pub fn watch(
         .into(),
     };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
+        let relevant = event.is_ok_and(|e| {
+            !e.kind.is_access()
+                && (e.paths.is_empty()
+                    || e.paths
+                        .iter()
+                        .any(|p| is_route_change(p, file_name.as_deref())))
+        });
+        if relevant {
             // A full channel already holds a pending reload: this change will be in it.
             let _ = changed_tx.try_send(());
         }
@@ -280,6 +291,23 @@ pub fn watch(
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
     }
     Ok(watcher)
+}
+
+/// Whether a change to `changed` can change the routes: a route file (or, when one file
+/// is watched, that file), or a `..`-prefixed entry, which is how Kubernetes swaps a
+/// ConfigMap's content. Logs or other files beside the routes are not.
+fn is_route_change(changed: &Path, watched_file: Option<&std::ffi::OsStr>) -> bool {
+    let Some(name) = changed.file_name() else {
+        return false;
+    };
+    let text = name.to_string_lossy();
+    if text.starts_with("..") {
+        return true;
+    }
+    match watched_file {
+        Some(file) => name == file,
+        None => [".yaml", ".yml", ".json"].iter().any(|e| text.ends_with(e)),
+    }
 }
 
 /// Waits out a burst of change events so one save is one reload.
@@ -402,6 +430,18 @@ spec:
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].contains("defined twice"), "{errors:?}");
         assert!(errors[1].contains("expected apiVersion"), "{errors:?}");
+    }
+
+    #[test]
+    fn only_route_files_and_configmap_swaps_trigger_reloads() {
+        let file = Some(std::ffi::OsStr::new("routes.yaml"));
+        assert!(is_route_change(Path::new("/etc/ft/routes.yaml"), file));
+        assert!(!is_route_change(Path::new("/etc/ft/php.log"), file));
+        assert!(!is_route_change(Path::new("/etc/ft/other.yaml"), file));
+        assert!(is_route_change(Path::new("/etc/ft/..data"), file));
+        assert!(is_route_change(Path::new("/etc/ft/b.yml"), None));
+        assert!(!is_route_change(Path::new("/etc/ft/notes.txt"), None));
+        assert!(!is_route_change(Path::new("/etc/ft/routes.yaml.tmp"), None));
     }
 
     #[test]

@@ -161,7 +161,11 @@ async fn propagation(c: &Cluster, ft: &Fallthrough, label: &str) -> String {
     let mut served_ms = Vec::new();
     let mut kubectl_ms = Vec::new();
     for i in 0..100 {
-        let host = format!("p{i}-{label}.bench.test");
+        let slug: String = label
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect();
+        let host = format!("p{i}-{slug}.bench.test");
         let yaml = format!(
             "apiVersion: fallthrough.dev/v1alpha1\nkind: FallbackRoute\nmetadata: {{name: probe, namespace: {NS}}}\nspec:\n  hosts: [\"{host}\"]\n  primary: {{service: {{name: legacy, port: 80}}}}\n  fallback: {{service: {{name: new, port: http}}}}\n"
         );
@@ -185,7 +189,10 @@ async fn propagation(c: &Cluster, ft: &Fallthrough, label: &str) -> String {
                     .unwrap()
                     .write_all(c_yaml.as_bytes())
                     .unwrap();
-                assert!(child.wait().unwrap().success());
+                assert!(
+                    child.wait().unwrap().success(),
+                    "kubectl apply of the probe route failed"
+                );
                 t.elapsed()
             })
         };

@@ -84,24 +84,9 @@ async fn create_routes(api: &Api<FallbackRoute>, from: usize, to: usize) {
 
 async fn start_controller(c: &Cluster, identity: &str) -> (Fallthrough, Duration) {
     let started = Instant::now();
-    let kubeconfig = c.controller_kubeconfig.to_str().unwrap().to_string();
-    let ft = Fallthrough::spawn(
-        tempfile::tempdir().unwrap(),
-        Default::default(),
-        &[
-            "--kubeconfig",
-            &kubeconfig,
-            "--watch-namespace",
-            NS,
-            "--lease-namespace",
-            SYSTEM_NAMESPACE,
-            "--lease-name",
-            identity,
-            "--identity",
-            identity,
-        ],
-    )
-    .await;
+    let args = c.controller_args(NS, identity, identity);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ft = Fallthrough::spawn(tempfile::tempdir().unwrap(), Default::default(), &args).await;
     let admin = ft.admin;
     loop {
         if support::get(admin, "/readyz").await.0 == 200 {

@@ -38,29 +38,23 @@ fn namespace(name: &str) -> String {
     ns
 }
 
+/// A PHP pod behind Service `legacy` (port name `web`), a Python pod behind Service `new`
+/// (port name `http`), and FallbackRoute `route` joining them for `hosts`.
+fn deploy_shop(ns: &str, route: &str, hosts: &[&str]) -> (Pod, Pod) {
+    let c = cluster();
+    let (php, py) = (Pod::php(), Pod::python());
+    c.apply(&service_yaml(ns, "legacy", "web", 8080, &[&php], &[]));
+    c.apply(&service_yaml(ns, "new", "http", 8000, &[&py], &[]));
+    c.apply(&route_yaml(ns, route, hosts, "legacy", "new", ""));
+    (php, py)
+}
+
 /// A controller (and proxy) with the restricted identity, watching `ns`.
 async fn controller(ns: &str, lease: &str, identity: &str) -> Fallthrough {
-    let c = cluster();
-    let kubeconfig = c.controller_kubeconfig.to_str().unwrap().to_string();
-    let ft = Fallthrough::spawn(
-        tempfile::tempdir().unwrap(),
-        Default::default(),
-        &[
-            "--kubeconfig",
-            &kubeconfig,
-            "--watch-namespace",
-            ns,
-            "--lease-namespace",
-            SYSTEM_NAMESPACE,
-            "--lease-name",
-            lease,
-            "--identity",
-            identity,
-            "--shutdown-grace",
-            "1s",
-        ],
-    )
-    .await;
+    let mut args = cluster().controller_args(ns, lease, identity);
+    args.extend(["--shutdown-grace".to_string(), "1s".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ft = Fallthrough::spawn(tempfile::tempdir().unwrap(), Default::default(), &args).await;
     let admin = ft.admin;
     support::wait_for_async("controller /readyz", || async move {
         support::get(admin, "/readyz").await.0 == 200
@@ -269,17 +263,7 @@ async fn php_serves_what_it_knows_and_python_the_rest_through_services() {
     let _ = NEEDS;
     let c = cluster();
     let ns = namespace("basics");
-    let (php, py) = (Pod::php(), Pod::python());
-    c.apply(&service_yaml(&ns, "legacy", "web", 8080, &[&php], &[]));
-    c.apply(&service_yaml(&ns, "new", "http", 8000, &[&py], &[]));
-    c.apply(&route_yaml(
-        &ns,
-        "shop",
-        &["shop.test"],
-        "legacy",
-        "new",
-        "",
-    ));
+    let _pods = deploy_shop(&ns, "shop", &["shop.test"]);
     let ft = controller(&ns, "basics", "basics-1").await;
 
     eventually_served(&ft, "shop.test", "/about.php", 200, "legacy-php").await;
@@ -409,10 +393,7 @@ async fn scaling_endpoints_up_and_down_under_load_fails_no_request() {
 async fn editing_a_route_takes_effect_and_deleting_it_stops_it() {
     let c = cluster();
     let ns = namespace("edit");
-    let (php, py) = (Pod::php(), Pod::python());
-    c.apply(&service_yaml(&ns, "legacy", "web", 8080, &[&php], &[]));
-    c.apply(&service_yaml(&ns, "new", "http", 8000, &[&py], &[]));
-    c.apply(&route_yaml(&ns, "shop", &["a.test"], "legacy", "new", ""));
+    let _pods = deploy_shop(&ns, "shop", &["a.test"]);
     let ft = controller(&ns, "edit", "edit-1").await;
     eventually_served(&ft, "a.test", "/about.php", 200, "legacy-php").await;
     wait_condition(&ns, "shop", "Programmed", "True", "Programmed");
@@ -458,17 +439,7 @@ fn events(ns: &str, route: &str) -> String {
 async fn invalid_and_conflicting_routes_get_conditions_and_events_while_others_serve() {
     let c = cluster();
     let ns = namespace("invalid");
-    let (php, py) = (Pod::php(), Pod::python());
-    c.apply(&service_yaml(&ns, "legacy", "web", 8080, &[&php], &[]));
-    c.apply(&service_yaml(&ns, "new", "http", 8000, &[&py], &[]));
-    c.apply(&route_yaml(
-        &ns,
-        "good",
-        &["good.test"],
-        "legacy",
-        "new",
-        "",
-    ));
+    let _pods = deploy_shop(&ns, "good", &["good.test"]);
     let ft = controller(&ns, "invalid", "invalid-1").await;
     eventually_served(&ft, "good.test", "/about.php", 200, "legacy-php").await;
 
@@ -558,17 +529,7 @@ async fn invalid_and_conflicting_routes_get_conditions_and_events_while_others_s
 async fn restarting_the_api_server_mid_load_fails_no_request() {
     let c = cluster();
     let ns = namespace("restart");
-    let (php, py) = (Pod::php(), Pod::python());
-    c.apply(&service_yaml(&ns, "legacy", "web", 8080, &[&php], &[]));
-    c.apply(&service_yaml(&ns, "new", "http", 8000, &[&py], &[]));
-    c.apply(&route_yaml(
-        &ns,
-        "shop",
-        &["shop.test"],
-        "legacy",
-        "new",
-        "",
-    ));
+    let _pods = deploy_shop(&ns, "shop", &["shop.test"]);
     let ft = controller(&ns, "restart", "restart-1").await;
     eventually_served(&ft, "shop.test", "/products/3", 200, "new-python").await;
 
@@ -629,17 +590,7 @@ fn status_writers(ns: &str, route: &str) -> Vec<String> {
 async fn with_two_controllers_both_serve_and_exactly_one_writes_status() {
     let c = cluster();
     let ns = namespace("leader");
-    let (php, py) = (Pod::php(), Pod::python());
-    c.apply(&service_yaml(&ns, "legacy", "web", 8080, &[&php], &[]));
-    c.apply(&service_yaml(&ns, "new", "http", 8000, &[&py], &[]));
-    c.apply(&route_yaml(
-        &ns,
-        "shop",
-        &["shop.test"],
-        "legacy",
-        "new",
-        "",
-    ));
+    let _pods = deploy_shop(&ns, "shop", &["shop.test"]);
     let replicas = [
         (
             "replica-one",

@@ -264,6 +264,26 @@ impl Cluster {
         });
     }
 
+    /// `fallthrough run` arguments for a controller with the restricted identity,
+    /// watching `ns`, competing for Lease `lease` as `identity`.
+    pub fn controller_args(&self, ns: &str, lease: &str, identity: &str) -> Vec<String> {
+        let kubeconfig = self.controller_kubeconfig.display().to_string();
+        [
+            "--kubeconfig",
+            &kubeconfig,
+            "--watch-namespace",
+            ns,
+            "--lease-namespace",
+            SYSTEM_NAMESPACE,
+            "--lease-name",
+            lease,
+            "--identity",
+            identity,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     /// kubectl as the admin.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         run(Command::new(bin_dir().join("kubectl"))

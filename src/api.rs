@@ -93,6 +93,32 @@ pub struct FallbackRouteSpec {
     /// Per-route upstream timeouts; unset fields use the proxy's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
+
+    /// Terminate TLS for this route's hosts (chosen by SNI) with this certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+
+    /// Answer plain-HTTP requests with a 308 redirect to the same URL over https.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_to_https: Option<bool>,
+}
+
+/// Where a route's certificate comes from.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.certFile) == has(self.keyFile)").message("set certFile and keyFile together"))]
+#[x_kube(validation = Rule::new("has(self.secretName) != has(self.certFile)").message("set either secretName or certFile and keyFile"))]
+pub struct TlsSpec {
+    /// A `kubernetes.io/tls` Secret in the route's namespace (cluster mode; not
+    /// available in this version yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Route files: PEM certificate chain, relative to the route file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// Route files: PEM private key, relative to the route file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
 }
 
 /// Where requests are sent: exactly one of `url` or `service`.

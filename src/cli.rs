@@ -81,6 +81,24 @@ pub struct RunArgs {
     /// Address for client HTTP traffic.
     #[arg(long, env = "FALLTHROUGH_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+    /// Address for client HTTPS traffic (certificates chosen by SNI from the routes' `tls`).
+    #[arg(long, env = "FALLTHROUGH_HTTPS_ADDR", default_value = "0.0.0.0:8443")]
+    pub https_addr: SocketAddr,
+    /// PEM certificate chain served when no route's certificate matches the SNI (or
+    /// there is none); without one such handshakes fail. Reloaded when it changes.
+    #[arg(
+        long,
+        env = "FALLTHROUGH_DEFAULT_CERT_FILE",
+        requires = "default_key_file"
+    )]
+    pub default_cert_file: Option<PathBuf>,
+    /// PEM private key of --default-cert-file.
+    #[arg(
+        long,
+        env = "FALLTHROUGH_DEFAULT_KEY_FILE",
+        requires = "default_cert_file"
+    )]
+    pub default_key_file: Option<PathBuf>,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "FALLTHROUGH_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,

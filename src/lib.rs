@@ -14,3 +14,4 @@ pub mod provider;
 pub mod proxy;
 pub mod routes;
 pub mod run;
+pub mod tls;

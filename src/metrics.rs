@@ -38,6 +38,8 @@ pub struct Metrics {
     routes_rejected: IntGauge,
     config_reloads: IntCounterVec,
     config_last_reload_successful: IntGauge,
+    tls_expiry: prometheus::GaugeVec,
+    tls_handshake_errors: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -129,6 +131,24 @@ impl Metrics {
                 "fallthrough_config_last_reload_successful",
                 "1 if the last route reload succeeded, 0 if the previous table is still serving because it failed.",
             ),
+            tls_expiry: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "fallthrough_tls_certificate_expiry_timestamp_seconds",
+                        "When each served certificate expires (unix seconds); `secret` names its Secret or file.",
+                    ),
+                    &["namespace", "secret"],
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            tls_handshake_errors: counter(
+                &r,
+                "fallthrough_tls_handshake_errors_total",
+                "Failed TLS handshakes, by reason (no_certificate, protocol, timeout, io).",
+                &["reason"],
+            ),
             registry: r,
         }
     }
@@ -187,6 +207,23 @@ impl Metrics {
     pub fn table_published(&self, served: usize, rejected: usize) {
         self.routes.set(served as i64);
         self.routes_rejected.set(rejected as i64);
+    }
+
+    /// Forgets every certificate's expiry before a new set is published.
+    pub fn certificates_replaced(&self) {
+        self.tls_expiry.reset();
+    }
+
+    /// A served certificate and when it expires.
+    pub fn certificate_expiry(&self, namespace: &str, secret: &str, not_after: i64) {
+        self.tls_expiry
+            .with_label_values(&[namespace, secret])
+            .set(not_after as f64);
+    }
+
+    /// A TLS handshake failed.
+    pub fn handshake_failed(&self, reason: &str) {
+        self.tls_handshake_errors.with_label_values(&[reason]).inc();
     }
 
     /// Renders every metric in the Prometheus text format.

@@ -49,6 +49,9 @@ pub enum RunError {
     /// The async runtime or signal handlers could not start.
     #[error("cannot start: {0}")]
     Runtime(#[from] std::io::Error),
+    /// The default certificate flags are unusable.
+    #[error("--default-cert-file: {0}")]
+    DefaultCert(String),
     /// The CRD could not be rendered.
     #[error("cannot render the CRD: {0}")]
     Crd(#[from] serde_yaml::Error),
@@ -88,8 +91,8 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
 /// `fallthrough check`: validates route files, prints every problem.
 pub fn check(path: &Path) -> Result<(), RunError> {
     match files::load(path, Timeouts::default()) {
-        Ok(routes) => {
-            let (table, conflicts) = RouteTable::build(routes);
+        Ok(loaded) => {
+            let (table, conflicts) = RouteTable::build(loaded.routes);
             for conflict in &conflicts {
                 eprintln!("warning: {conflict}");
             }
@@ -137,12 +140,14 @@ async fn serve_files(args: RunArgs, path: PathBuf) -> Result<(), RunError> {
     let readiness = Arc::new(Readiness::default());
     let proxy = Proxy::new(metrics.clone(), args.client_limits());
 
-    let routes = files::load(&path, defaults).map_err(|errors| {
+    let default_cert = DefaultCert::from_args(&args)?;
+    let loaded = files::load(&path, defaults).map_err(|errors| {
         log_file_errors(&errors, "cannot start");
         RunError::InvalidRoutes(errors.len())
     })?;
-    tracing::info!(routes = routes.len(), path = %path.display(), "routes loaded");
-    publish(&proxy, &metrics, routes.clone());
+    tracing::info!(routes = loaded.routes.len(), certificates = loaded.certs.len(), path = %path.display(), "routes loaded");
+    publish(&proxy, &metrics, loaded.routes.clone());
+    publish_certs(&proxy, &metrics, &loaded, default_cert.as_ref());
     metrics.reloaded(true);
 
     let (http, admin) = bind_both(&args).await?;
@@ -155,23 +160,92 @@ async fn serve_files(args: RunArgs, path: PathBuf) -> Result<(), RunError> {
         .ok();
     tokio::spawn(reload_on_sighup(changed_tx)?);
     tokio::spawn(reload_loop(
-        path,
-        defaults,
-        proxy.clone(),
-        metrics.clone(),
-        routes,
+        Reloader {
+            path,
+            defaults,
+            default_cert,
+            proxy: proxy.clone(),
+            metrics: metrics.clone(),
+        },
+        loaded,
         changed_rx,
     ));
 
     serve_until_stopped(&args, proxy, metrics, readiness, http, admin).await
 }
 
-async fn bind_both(args: &RunArgs) -> Result<(TcpListener, TcpListener), RunError> {
+/// The data-plane listeners.
+pub(crate) struct Listeners {
+    http: TcpListener,
+    https: TcpListener,
+}
+
+async fn bind_both(args: &RunArgs) -> Result<(Listeners, TcpListener), RunError> {
     let http = bind("HTTP", "http-addr", args.http_addr).await?;
+    let https = bind("HTTPS", "https-addr", args.https_addr).await?;
     let admin = bind("the admin server", "admin-addr", args.admin_addr).await?;
     tracing::info!("listening for HTTP on {}", http.local_addr()?);
+    tracing::info!("listening for HTTPS on {}", https.local_addr()?);
     tracing::info!("admin server listening on {}", admin.local_addr()?);
-    Ok((http, admin))
+    Ok((Listeners { http, https }, admin))
+}
+
+/// `--default-cert-file`/`--default-key-file`: served when no route's certificate fits.
+struct DefaultCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+impl DefaultCert {
+    fn from_args(args: &RunArgs) -> Result<Option<DefaultCert>, RunError> {
+        match (&args.default_cert_file, &args.default_key_file) {
+            (None, None) => Ok(None),
+            (Some(cert_file), Some(key_file)) => {
+                let default = DefaultCert {
+                    cert_file: cert_file.clone(),
+                    key_file: key_file.clone(),
+                };
+                default.read()?;
+                Ok(Some(default))
+            }
+            _ => Err(RunError::DefaultCert(
+                "give --default-cert-file and --default-key-file together".into(),
+            )),
+        }
+    }
+
+    fn read(&self) -> Result<crate::tls::Certificate, RunError> {
+        files::read_certificate(&self.cert_file, &self.key_file)
+            .map_err(|e| RunError::DefaultCert(format!("{}: {e}", self.cert_file.display())))
+    }
+}
+
+/// Builds the SNI store from the routes' certificates (first route for a host wins) and
+/// the default certificate, and swaps it in.
+fn publish_certs(
+    proxy: &Proxy,
+    metrics: &Metrics,
+    loaded: &files::Loaded,
+    default: Option<&DefaultCert>,
+) {
+    let mut store = crate::tls::CertStore::default();
+    metrics.certificates_replaced();
+    for rc in &loaded.certs {
+        store.add(&rc.hosts, &rc.cert);
+        let name = rc.cert_file.display().to_string();
+        metrics.certificate_expiry(&rc.namespace, &name, rc.cert.not_after);
+    }
+    if let Some(default) = default {
+        match default.read() {
+            Ok(cert) => {
+                let name = default.cert_file.display().to_string();
+                metrics.certificate_expiry("", &name, cert.not_after);
+                store.set_default(&cert);
+            }
+            Err(err) => tracing::error!("the default certificate is not served: {err}"),
+        }
+    }
+    proxy.publish_certs(store);
 }
 
 async fn kube_client(args: &RunArgs) -> Result<kube::Client, RunError> {
@@ -229,7 +303,7 @@ async fn serve_until_stopped(
     proxy: Arc<Proxy>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
-    http: TcpListener,
+    listeners: Listeners,
     admin: TcpListener,
 ) -> Result<(), RunError> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -238,15 +312,23 @@ async fn serve_until_stopped(
         admin,
         metrics.clone(),
         readiness,
-        stopped(stop_rx.clone()),
+        // Probes must keep answering while draining (/readyz 503, /healthz 200): the
+        // admin server lives until the process exits.
+        std::future::pending::<()>(),
     ));
     let workers = match args.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     tracing::info!(workers, "serving");
-    let drained =
-        listener::serve_workers(proxy, http, workers, stop_rx.clone(), args.shutdown_grace);
+    let drained = listener::serve_workers(
+        proxy,
+        listeners.http,
+        listeners.https,
+        workers,
+        stop_rx.clone(),
+        args.shutdown_grace,
+    );
     match drained.await? {
         Drained::Clean => tracing::info!("drained; exiting"),
         Drained::GraceExpired => tracing::warn!(
@@ -273,33 +355,78 @@ fn log_file_errors(errors: &[RouteFileError], outcome: &str) {
     }
 }
 
-async fn reload_loop(
+/// What a file reload needs.
+struct Reloader {
     path: PathBuf,
     defaults: Timeouts,
+    default_cert: Option<DefaultCert>,
     proxy: Arc<Proxy>,
     metrics: Arc<Metrics>,
-    mut serving: Vec<Route>,
-    mut changed_rx: mpsc::Receiver<()>,
-) {
-    while files::debounce(&mut changed_rx).await.is_some() {
-        let load_path = path.clone();
+}
+
+type Fingerprint = Vec<Option<(u64, std::time::SystemTime)>>;
+
+/// Size and modification time of every certificate file in use, to notice rotation.
+fn cert_fingerprint(loaded: &files::Loaded, default: Option<&DefaultCert>) -> Fingerprint {
+    let defaults = default
+        .into_iter()
+        .flat_map(|d| [&d.cert_file, &d.key_file]);
+    loaded
+        .certs
+        .iter()
+        .flat_map(|c| [&c.cert_file, &c.key_file])
+        .chain(defaults)
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)))
+        })
+        .collect()
+}
+
+async fn reload_loop(r: Reloader, mut serving: files::Loaded, mut changed_rx: mpsc::Receiver<()>) {
+    // Certificates may live outside the watched directory (cert-manager, mounted
+    // Secrets): their files are polled so a renewal is served within a second.
+    let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut certs_seen = cert_fingerprint(&serving, r.default_cert.as_ref());
+    loop {
+        tokio::select! {
+            changed = changed_rx.recv() => {
+                if changed.is_none() {
+                    return;
+                }
+                // Outside the select: a poll tick must not cancel a change half-taken.
+                files::settle(&mut changed_rx).await;
+            }
+            _ = poll.tick() => {
+                let now = cert_fingerprint(&serving, r.default_cert.as_ref());
+                if now == certs_seen {
+                    continue;
+                }
+                certs_seen = now;
+                tracing::info!("a certificate file changed; reloading");
+            }
+        }
+        let (load_path, defaults) = (r.path.clone(), r.defaults);
         // File reads and YAML parsing stay off the proxy's worker threads.
         let loaded = tokio::task::spawn_blocking(move || files::load(&load_path, defaults)).await;
         match loaded {
-            Ok(Ok(routes)) => {
-                metrics.reloaded(true);
-                if routes != serving {
-                    tracing::info!(routes = routes.len(), "routes reloaded");
-                    publish(&proxy, &metrics, routes.clone());
-                    serving = routes;
+            Ok(Ok(loaded)) => {
+                r.metrics.reloaded(true);
+                if loaded.routes != serving.routes {
+                    tracing::info!(routes = loaded.routes.len(), "routes reloaded");
+                    publish(&r.proxy, &r.metrics, loaded.routes.clone());
                 }
+                publish_certs(&r.proxy, &r.metrics, &loaded, r.default_cert.as_ref());
+                certs_seen = cert_fingerprint(&loaded, r.default_cert.as_ref());
+                serving = loaded;
             }
             Ok(Err(errors)) => {
-                metrics.reloaded(false);
+                r.metrics.reloaded(false);
                 log_file_errors(&errors, "reload failed, previous routes keep serving");
             }
             Err(join) => {
-                metrics.reloaded(false);
+                r.metrics.reloaded(false);
                 tracing::error!(error = %join, "reload failed, previous routes keep serving");
             }
         }
@@ -339,8 +466,4 @@ fn stop_on_signals(
         tracing::warn!("second shutdown signal: exiting without waiting");
         std::process::exit(130);
     })
-}
-
-async fn stopped(mut stop_rx: watch::Receiver<bool>) {
-    let _ = stop_rx.wait_for(|stop| *stop).await;
 }

@@ -168,6 +168,11 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         assert!(start.elapsed() < DEADLINE, "still accepting after SIGTERM");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    assert_eq!(
+        get(admin, "/healthz").await.0,
+        200,
+        "probes keep answering while draining"
+    );
     release.notify_one();
     let (status, _, body) = in_flight.await.unwrap();
     assert_eq!(

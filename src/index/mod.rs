@@ -124,6 +124,9 @@ pub enum InvalidRoute {
     /// Service backends are only resolvable with a cluster.
     #[error("{0} uses a service backend, which needs a cluster: in route files give {{url: \"http://host:port\"}}")]
     ServiceOutsideCluster(&'static str),
+    /// The TLS source does not fit where routes come from.
+    #[error("tls: {0}")]
+    Tls(&'static str),
     /// A `fallbackOn` status is out of range.
     #[error("fallbackOn status {0} is not allowed: use statuses from 300 to 599, e.g. [404, 410]")]
     BadStatus(u16),
@@ -212,8 +215,31 @@ pub fn route_from_spec(
         },
         fallback_on_error: spec.fallback_on_error.unwrap_or(false),
         timeouts: timeouts(spec.timeouts.as_ref(), ctx.defaults)?,
+        redirect_to_https: spec.redirect_to_https.unwrap_or(false),
     };
+    check_tls(spec.tls.as_ref(), ctx)?;
     Ok(Validated { route, unresolved })
+}
+
+fn check_tls(tls: Option<&api::TlsSpec>, ctx: &Context<'_>) -> Result<(), InvalidRoute> {
+    let Some(tls) = tls else { return Ok(()) };
+    let files = tls.cert_file.is_some() || tls.key_file.is_some();
+    match (ctx.services.is_some(), &tls.secret_name, files) {
+        (_, Some(_), true) => Err(InvalidRoute::Tls("set either secretName or certFile and keyFile")),
+        (false, Some(_), _) => Err(InvalidRoute::Tls(
+            "secretName needs a cluster: in route files give certFile and keyFile",
+        )),
+        (true, Some(_), _) => Err(InvalidRoute::Tls(
+            "certificates from Secrets are not available in this version yet: terminate TLS in front of fallthrough for now",
+        )),
+        (true, None, _) => Err(InvalidRoute::Tls(
+            "certFile and keyFile are for route files: in a cluster use secretName",
+        )),
+        (false, None, _) if tls.cert_file.is_none() || tls.key_file.is_none() => {
+            Err(InvalidRoute::Tls("set certFile and keyFile together"))
+        }
+        (false, None, _) => Ok(()),
+    }
 }
 
 fn parse_host(host: &str) -> Result<HostMatch, InvalidRoute> {

@@ -12,9 +12,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::api::{FallbackRouteSpec, GROUP, KIND, VERSION};
+use crate::api::{FallbackRouteSpec, TlsSpec, GROUP, KIND, VERSION};
 use crate::index::{route_from_spec, Context, InvalidRoute};
 use crate::routes::{Route, Timeouts};
+use crate::tls::{Certificate, InvalidCertificate};
 
 /// A problem in the route files; the message says where and what to change.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,21 @@ pub enum RouteFileError {
         /// What is wrong.
         #[source]
         source: InvalidRoute,
+    },
+    /// A route's certificate or key cannot be served.
+    #[error("{path}:{line}: route {route}: certificate {cert}: {source}")]
+    Certificate {
+        /// The route file.
+        path: PathBuf,
+        /// Line where the route's document starts.
+        line: usize,
+        /// `namespace/name`.
+        route: String,
+        /// The certificate file.
+        cert: PathBuf,
+        /// What is wrong (never the key itself).
+        #[source]
+        source: InvalidCertificate,
     },
     /// Two documents define the same namespace/name.
     #[error("{path}:{line}: route {route} is defined twice (first at {first}); names must be unique per namespace")]
@@ -121,10 +137,60 @@ pub fn route_files(path: &Path) -> Result<Vec<PathBuf>, RouteFileError> {
     Ok(files)
 }
 
+/// A route's certificate, loaded from its files.
+#[derive(Clone, Debug)]
+pub struct RouteCert {
+    /// Namespace of the route (the expiry metric's label).
+    pub namespace: String,
+    /// Hosts it is served for.
+    pub hosts: Vec<crate::routes::HostMatch>,
+    /// The certificate file, for the expiry metric and change polling.
+    pub cert_file: PathBuf,
+    /// The key file, for change polling.
+    pub key_file: PathBuf,
+    /// The parsed chain and key.
+    pub cert: Certificate,
+}
+
+/// Everything route files define.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    /// Routes in load order.
+    pub routes: Vec<Route>,
+    /// Certificates of routes with `tls`, in load order.
+    pub certs: Vec<RouteCert>,
+}
+
+/// Seconds since the Unix epoch, for certificate expiry checks.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Reads and checks a certificate and key pair. Errors name the file, never key bytes.
+pub fn read_certificate(cert: &Path, key: &Path) -> Result<Certificate, CertFileError> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| CertFileError::Read(p.to_path_buf(), e));
+    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    crate::tls::parse(&cert_pem, &key_pem, unix_now()).map_err(CertFileError::Invalid)
+}
+
+/// A certificate file problem.
+#[derive(Debug, thiserror::Error)]
+pub enum CertFileError {
+    /// Unreadable.
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, #[source] std::io::Error),
+    /// Unusable.
+    #[error(transparent)]
+    Invalid(InvalidCertificate),
+}
+
 /// Loads every route under `path`. Any error fails the whole load, so a typo never
 /// silently drops a route: the caller keeps serving what it had.
-pub fn load(path: &Path, defaults: Timeouts) -> Result<Vec<Route>, Vec<RouteFileError>> {
+pub fn load(path: &Path, defaults: Timeouts) -> Result<Loaded, Vec<RouteFileError>> {
     let files = route_files(path).map_err(|e| vec![e])?;
+    let mut certs = Vec::new();
     let mut routes = Vec::new();
     let mut errors = Vec::new();
     let mut seen: Vec<(String, String)> = Vec::new();
@@ -138,7 +204,7 @@ pub fn load(path: &Path, defaults: Timeouts) -> Result<Vec<Route>, Vec<RouteFile
         };
         for (line, doc) in documents(&text) {
             match parse_document(&file, line, doc, defaults) {
-                Ok(route) => {
+                Ok((route, tls)) => {
                     let key = format!("{}/{}", route.namespace, route.name);
                     if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
                         errors.push(RouteFileError::Duplicate {
@@ -149,7 +215,27 @@ pub fn load(path: &Path, defaults: Timeouts) -> Result<Vec<Route>, Vec<RouteFile
                         });
                         continue;
                     }
-                    seen.push((key, format!("{}:{line}", file.display())));
+                    seen.push((key.clone(), format!("{}:{line}", file.display())));
+                    if let Some(tls) = tls {
+                        match route_cert(&file, &route, &tls) {
+                            Ok(cert) => certs.push(cert),
+                            Err(err) => errors.push(match err {
+                                CertFileError::Read(path, source) => {
+                                    RouteFileError::Read { path, source }
+                                }
+                                CertFileError::Invalid(source) => RouteFileError::Certificate {
+                                    path: file.clone(),
+                                    line,
+                                    route: key,
+                                    cert: relative_to(
+                                        &file,
+                                        tls.cert_file.as_deref().unwrap_or_default(),
+                                    ),
+                                    source,
+                                },
+                            }),
+                        }
+                    }
                     routes.push(route);
                 }
                 Err(e) => errors.push(e),
@@ -157,10 +243,30 @@ pub fn load(path: &Path, defaults: Timeouts) -> Result<Vec<Route>, Vec<RouteFile
         }
     }
     if errors.is_empty() {
-        Ok(routes)
+        Ok(Loaded { routes, certs })
     } else {
         Err(errors)
     }
+}
+
+/// A path from a route file, relative to that file's directory.
+fn relative_to(route_file: &Path, path: &str) -> PathBuf {
+    let dir = route_file.parent().unwrap_or(Path::new("."));
+    dir.join(path)
+}
+
+fn route_cert(route_file: &Path, route: &Route, tls: &TlsSpec) -> Result<RouteCert, CertFileError> {
+    // Validation made sure both are set in files.
+    let cert_file = relative_to(route_file, tls.cert_file.as_deref().unwrap_or_default());
+    let key_file = relative_to(route_file, tls.key_file.as_deref().unwrap_or_default());
+    let cert = read_certificate(&cert_file, &key_file)?;
+    Ok(RouteCert {
+        namespace: route.namespace.clone(),
+        hosts: route.hosts.clone(),
+        cert_file,
+        key_file,
+        cert,
+    })
 }
 
 /// Splits a YAML stream into documents with the 1-based line each starts on, skipping
@@ -193,7 +299,7 @@ fn parse_document(
     first_line: usize,
     doc: &str,
     defaults: Timeouts,
-) -> Result<Route, RouteFileError> {
+) -> Result<(Route, Option<TlsSpec>), RouteFileError> {
     let parse_err = |line: usize, message: String| RouteFileError::Parse {
         path: path.to_path_buf(),
         line,
@@ -232,7 +338,7 @@ fn parse_document(
         &parsed.spec,
         &Context::files(defaults),
     )
-    .map(|validated| validated.route)
+    .map(|validated| (validated.route, parsed.spec.tls.clone()))
     .map_err(|source| RouteFileError::Invalid {
         path: path.to_path_buf(),
         line: first_line,
@@ -310,12 +416,10 @@ fn is_route_change(changed: &Path, watched_file: Option<&std::ffi::OsStr>) -> bo
     }
 }
 
-/// Waits out a burst of change events so one save is one reload.
-pub async fn debounce(changed_rx: &mut mpsc::Receiver<()>) -> Option<()> {
-    changed_rx.recv().await?;
+/// After a change event, waits out the rest of its burst so one save is one reload.
+pub async fn settle(changed_rx: &mut mpsc::Receiver<()>) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     while changed_rx.try_recv().is_ok() {}
-    Some(())
 }
 
 #[cfg(test)]
@@ -353,7 +457,7 @@ spec:
             "r.yaml",
             &format!("# routes\n---\n{GOOD}---\n{second}"),
         );
-        let routes = load(&path, Timeouts::default()).unwrap();
+        let routes = load(&path, Timeouts::default()).unwrap().routes;
         let names: Vec<_> = routes
             .iter()
             .map(|r| format!("{}/{}", r.namespace, r.name))
@@ -368,7 +472,7 @@ spec:
         write(dir.path(), "a.yml", &GOOD.replace("shop", "a"));
         write(dir.path(), ".hidden.yaml", "not: [valid");
         write(dir.path(), "notes.txt", "ignored");
-        let routes = load(dir.path(), Timeouts::default()).unwrap();
+        let routes = load(dir.path(), Timeouts::default()).unwrap().routes;
         assert_eq!(
             routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
             ["a", "b"]

@@ -19,6 +19,22 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
+use tokio_rustls::TlsAcceptor;
+
+/// Time a client has to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `reason` label of a failed handshake.
+fn handshake_reason(err: &std::io::Error) -> &'static str {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::General(_)) => "no_certificate",
+        Some(_) => "protocol",
+        None => "io",
+    }
+}
 
 use super::{ConnInfo, Proxy};
 
@@ -37,15 +53,20 @@ pub enum Drained {
 /// Serves on `workers` threads until `stop_rx` turns true, then drains for up to `grace`.
 pub async fn serve_workers(
     proxy: Arc<Proxy>,
-    listener: TcpListener,
+    http: TcpListener,
+    https: TcpListener,
     workers: usize,
     stop_rx: watch::Receiver<bool>,
     grace: Duration,
 ) -> std::io::Result<Drained> {
-    let shared = listener.into_std()?;
+    let shared = http.into_std()?;
+    let shared_tls = https.into_std()?;
+    let tls = TlsAcceptor::from(proxy.tls_config());
     let mut finished = Vec::with_capacity(workers);
     for worker in 0..workers.max(1) {
         let socket = shared.try_clone()?;
+        let tls_socket = shared_tls.try_clone()?;
+        let tls = tls.clone();
         let (done_tx, done_rx) = oneshot::channel();
         let (proxy, mut stop_rx) = (proxy.clone(), stop_rx.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -55,24 +76,39 @@ pub async fn serve_workers(
             .name(format!("fallthrough-worker-{worker}"))
             .spawn(move || {
                 let drained = runtime.block_on(async move {
-                    let listener = match TcpListener::from_std(socket) {
-                        Ok(l) => l,
-                        Err(err) => {
-                            tracing::error!(error = %err, "worker cannot use the listening socket");
+                    let (listener, tls_listener) = match (
+                        TcpListener::from_std(socket),
+                        TcpListener::from_std(tls_socket),
+                    ) {
+                        (Ok(l), Ok(t)) => (l, t),
+                        (Err(err), _) | (_, Err(err)) => {
+                            tracing::error!(error = %err, "worker cannot use the listening sockets");
                             return Drained::Clean;
                         }
                     };
+                    let mut tls_stop_rx = stop_rx.clone();
                     let stopped = async move {
                         let _ = stop_rx.wait_for(|stop| *stop).await;
                     };
-                    serve(proxy, listener, stopped, grace).await
+                    let tls_stopped = async move {
+                        let _ = tls_stop_rx.wait_for(|stop| *stop).await;
+                    };
+                    let (plain, secure) = tokio::join!(
+                        serve(proxy.clone(), listener, None, stopped, grace),
+                        serve(proxy, tls_listener, Some(tls), tls_stopped, grace),
+                    );
+                    if plain == Drained::Clean && secure == Drained::Clean {
+                        Drained::Clean
+                    } else {
+                        Drained::GraceExpired
+                    }
                 });
                 let _ = done_tx.send(drained);
             })?;
         finished.push(done_rx);
     }
-    // Each worker holds its own handle on the socket; it closes when the last one stops.
-    drop(shared);
+    // Each worker holds its own handle on the sockets; they close when the last one stops.
+    drop((shared, shared_tls));
     let mut result = Drained::Clean;
     for done in finished {
         if done.await != Ok(Drained::Clean) {
@@ -82,10 +118,12 @@ pub async fn serve_workers(
     Ok(result)
 }
 
-/// Serves connections until `shutdown` resolves, then drains for up to `grace`.
+/// Serves connections (over TLS when `tls` is given) until `shutdown` resolves, then
+/// drains for up to `grace`.
 pub async fn serve(
     proxy: Arc<Proxy>,
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> Drained {
@@ -115,22 +153,48 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let info = ConnInfo::http(peer);
-                let proxy = proxy.clone();
+                let info = ConnInfo::new(peer, tls.is_some());
+                let service_proxy = proxy.clone();
                 let service = service_fn(move |req| {
-                    let proxy = proxy.clone();
+                    let proxy = service_proxy.clone();
                     let info = info.clone();
                     async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
                 });
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(err) = conn.await {
-                        tracing::debug!(error = %err, %peer, "client connection ended with an error");
+                match &tls {
+                    None => {
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned();
+                        let conn = graceful.watch(conn);
+                        tokio::spawn(async move {
+                            if let Err(err) = conn.await {
+                                tracing::debug!(error = %err, %peer, "client connection ended with an error");
+                            }
+                        });
                     }
-                });
+                    Some(acceptor) => {
+                        let (acceptor, builder, proxy) = (acceptor.clone(), builder.clone(), proxy.clone());
+                        let watcher = graceful.watcher();
+                        tokio::spawn(async move {
+                            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(err)) => {
+                                    proxy.handshake_failed(handshake_reason(&err));
+                                    tracing::debug!(error = %err, %peer, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    proxy.handshake_failed("timeout");
+                                    return;
+                                }
+                            };
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            if let Err(err) = watcher.watch(conn.into_owned()).await {
+                                tracing::debug!(error = %err, %peer, "client connection ended with an error");
+                            }
+                        });
+                    }
+                }
             }
             () = &mut shutdown => break,
         }

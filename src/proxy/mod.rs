@@ -59,12 +59,12 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    /// A plain-HTTP connection from `peer`.
-    pub fn http(peer: SocketAddr) -> Self {
+    /// A connection from `peer`, over TLS or not.
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
         let ip = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP is a valid header");
         ConnInfo {
             client_ip: ip,
-            proto: "http",
+            proto: if tls { "https" } else { "http" },
         }
     }
 }
@@ -90,6 +90,7 @@ impl Default for ClientLimits {
 /// The proxy: the current snapshot, shared by every data-plane thread.
 pub struct Proxy {
     limits: ClientLimits,
+    certs: Arc<crate::tls::SniResolver>,
     snapshot: ArcSwap<Snapshot>,
     metrics: Arc<Metrics>,
 }
@@ -99,6 +100,7 @@ impl Proxy {
     pub fn new(metrics: Arc<Metrics>, limits: ClientLimits) -> Arc<Self> {
         Arc::new(Proxy {
             limits,
+            certs: Arc::default(),
             snapshot: ArcSwap::from_pointee(Snapshot {
                 table: RouteTable::default(),
                 runtimes: Vec::new(),
@@ -139,6 +141,9 @@ impl Proxy {
         };
         let route = snapshot.table.route(idx);
         let rt = &snapshot.runtimes[idx];
+        if route.redirect_to_https && conn.proto == "http" {
+            return https_redirect(&req, host);
+        }
         match forward::forward(route, rt, req, conn, self.limits.body_timeout).await {
             Ok(resp) => resp.map(|b| b.timed(body::RequestTimer::new(started, rt.metrics.clone()))),
             Err(err) => {
@@ -154,6 +159,29 @@ impl Proxy {
         }
     }
 
+    /// Swaps in new certificates; open connections keep theirs.
+    pub fn publish_certs(&self, store: crate::tls::CertStore) {
+        self.certs.publish(store);
+    }
+
+    /// TLS settings for the HTTPS listener: TLS 1.2 and 1.3, ALPN h2 and http/1.1,
+    /// certificates by SNI.
+    pub fn tls_config(&self) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_no_client_auth()
+            .with_cert_resolver(self.certs.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    /// Counts a failed TLS handshake.
+    pub fn handshake_failed(&self, reason: &str) {
+        self.metrics.handshake_failed(reason);
+    }
+
     /// The limits this proxy was built with.
     pub fn limits(&self) -> ClientLimits {
         self.limits
@@ -164,6 +192,22 @@ impl Proxy {
         self.metrics.unrouted_response(resp.status().as_str());
         resp
     }
+}
+
+/// 308 to the same URL over https (port 443: the Service in front maps it).
+fn https_redirect<B>(req: &Request<B>, host: &str) -> Response<ClientBody> {
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{host}{path}");
+    let mut resp = Response::new(ClientBody::empty());
+    *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(http::header::LOCATION, value);
+    }
+    resp
 }
 
 /// The host a request is for: the URI's authority (HTTP/2, absolute-form), else `Host`.

@@ -42,6 +42,8 @@ pub struct Route {
     pub fallback_on_error: bool,
     /// Upstream timeouts.
     pub timeouts: Timeouts,
+    /// Plain-HTTP requests get a 308 to https.
+    pub redirect_to_https: bool,
 }
 
 impl Route {

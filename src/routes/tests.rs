@@ -28,6 +28,7 @@ fn mk_route(name: &str, hosts: &[&str], paths: &[&str]) -> Route {
         not_found_from: Answerer::Fallback,
         fallback_on_error: false,
         timeouts: Timeouts::default(),
+        redirect_to_https: false,
     }
 }
 

@@ -225,6 +225,7 @@ pub fn route(name: &str, primary: &str, fallback: &str, extra: &str) -> String {
 pub struct Fallthrough {
     child: Child,
     pub http: SocketAddr,
+    pub https: SocketAddr,
     pub admin: SocketAddr,
     routes_path: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
@@ -251,6 +252,7 @@ impl Fallthrough {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fallthrough"))
             .arg("run")
             .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .args(["--https-addr", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -271,9 +273,10 @@ impl Fallthrough {
                 .iter()
                 .find_map(|l| l.split(marker).nth(1).map(|a| a.trim().parse().unwrap()))
         };
-        let (http, admin) = wait_for("fallthrough to listen", || {
+        let (http, https, admin) = wait_for("fallthrough to listen", || {
             Some((
                 find("listening for HTTP on ")?,
+                find("listening for HTTPS on ")?,
                 find("admin server listening on ")?,
             ))
         })
@@ -281,6 +284,7 @@ impl Fallthrough {
         Fallthrough {
             child,
             http,
+            https,
             admin,
             routes_path,
             log,

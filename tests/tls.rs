@@ -1,0 +1,260 @@
+//! HTTPS through the real binary, checked with a real client (curl): certificates chosen
+//! by SNI, HTTP/2 through a fallback, rotation, bad certificates, redirects.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::*;
+
+/// A CA and leaf certificates it signs, written as PEM files.
+struct Pki {
+    ca: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "fallthrough test CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(params, ca_key);
+        Pki { ca, issuer }
+    }
+
+    /// Writes `NAME.pem` and `NAME-key.pem` for `hosts`, with common name `cn`.
+    fn leaf(&self, dir: &Path, name: &str, cn: &str, hosts: &[&str]) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        // Write aside and rename, as cert-manager and editors do.
+        for (file, text) in [
+            (format!("{name}.pem"), cert.pem()),
+            (format!("{name}-key.pem"), key.serialize_pem()),
+        ] {
+            let tmp = dir.join(format!("{file}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, dir.join(file)).unwrap();
+        }
+    }
+
+    fn write_ca(&self, dir: &Path) -> String {
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, self.ca.pem()).unwrap();
+        path.display().to_string()
+    }
+}
+
+/// curl over HTTPS to `host` (resolved to the proxy); returns (exit code, stdout, stderr).
+/// Runs off the test's runtime, which also runs the in-process backends.
+async fn curl(
+    ft: &Fallthrough,
+    ca: &str,
+    host: &str,
+    path: &str,
+    extra: &[&str],
+) -> (i32, String, String) {
+    let port = ft.https.port();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-v", "--max-time", "10", "--cacert", ca])
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(["-w", "\n%{http_code} %{http_version}"])
+        .args(extra)
+        .arg(format!("https://{host}:{port}{path}"));
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("curl runs (apt-get install curl)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tls_route(
+    name: &str,
+    hosts: &str,
+    primary: &str,
+    fallback: &str,
+    cert: &str,
+    extra: &str,
+) -> String {
+    route(
+        name,
+        primary,
+        fallback,
+        &format!(
+            "  hosts: {hosts}\n  tls: {{certFile: {cert}.pem, keyFile: {cert}-key.pem}}\n{extra}"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_picks_certificates_by_sni_and_speaks_http2_through_a_fallback() {
+    let php = backend("php")
+        .status(404)
+        .on("/old", 200, "legacy page")
+        .start()
+        .await;
+    let py = backend("py").body("python page").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    pki.leaf(dir.path(), "shop", "shop v1", &["shop.test"]);
+    pki.leaf(dir.path(), "blog", "blog", &["*.blog.test"]);
+    let ca = pki.write_ca(dir.path());
+    let routes = [
+        tls_route(
+            "shop",
+            "[shop.test]",
+            &php.url(),
+            &py.url(),
+            "shop",
+            "  redirectToHttps: true\n",
+        ),
+        tls_route(
+            "blog",
+            "[\"*.blog.test\"]",
+            &php.url(),
+            &py.url(),
+            "blog",
+            "",
+        ),
+    ]
+    .join("---\n");
+    std::fs::write(dir.path().join("routes.yaml"), &routes).unwrap();
+    let routes_path = dir.path().join("routes.yaml");
+    let routes_arg = routes_path.display().to_string();
+    let ft = Fallthrough::spawn(
+        tempfile::tempdir().unwrap(),
+        routes_path.clone(),
+        &["--routes", &routes_arg],
+    )
+    .await;
+
+    // SNI selects the certificate curl verifies against the host name.
+    let (code, out, err) = curl(&ft, &ca, "shop.test", "/old", &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("200 2"), "HTTP/2 by ALPN: {out}");
+    assert!(out.starts_with("legacy page"), "{out}");
+    assert!(err.contains("CN=shop v1"), "{err}");
+    let (code, out, err) = curl(&ft, &ca, "a.blog.test", "/new", &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("python page") && out.ends_with("200 2"),
+        "HTTP/2 through the fallback: {out}"
+    );
+    assert!(err.contains("CN=blog"), "{err}");
+    let (_, out, _) = curl(&ft, &ca, "shop.test", "/new", &["--http1.1"]).await;
+    assert!(
+        out.starts_with("python page") && out.ends_with("200 1.1"),
+        "{out}"
+    );
+    let seen = &py.seen()[0];
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+
+    // No certificate for the name and no default: the handshake fails, and is counted.
+    let (code, _, _) = curl(&ft, &ca, "unknown.test", "/", &[]).await;
+    assert_ne!(code, 0, "a handshake without a certificate must fail");
+    let failed = ft
+        .sample(r#"fallthrough_tls_handshake_errors_total{reason="no_certificate"}"#)
+        .await;
+    assert!(failed >= 1.0, "handshake failures are counted: {failed}");
+    let expiry = ft
+        .samples("fallthrough_tls_certificate_expiry_timestamp_seconds")
+        .await;
+    assert_eq!(expiry.len(), 2, "{expiry:?}");
+
+    // Plain HTTP to a route with redirectToHttps gets a 308 to the same URL.
+    let req = http::Request::get("/old?q=1")
+        .header("host", "shop.test:8080")
+        .body(Default::default())
+        .unwrap();
+    let (status, headers, _) = send(ft.http, req).await;
+    assert_eq!(status, 308);
+    assert_eq!(headers["location"], "https://shop.test/old?q=1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_served_at_once_and_a_bad_one_keeps_the_old() {
+    let php = backend("php").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    pki.leaf(dir.path(), "shop", "shop v1", &["shop.test"]);
+    let ca = pki.write_ca(dir.path());
+    let routes_path = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes_path,
+        tls_route("shop", "[shop.test]", &php.url(), &php.url(), "shop", ""),
+    )
+    .unwrap();
+    let routes_arg = routes_path.display().to_string();
+    let ft = Fallthrough::spawn(
+        tempfile::tempdir().unwrap(),
+        routes_path.clone(),
+        &["--routes", &routes_arg],
+    )
+    .await;
+    assert!(curl(&ft, &ca, "shop.test", "/", &[])
+        .await
+        .2
+        .contains("CN=shop v1"));
+
+    // Renewal: new files in place; new handshakes present the new certificate.
+    pki.leaf(dir.path(), "shop", "shop v2", &["shop.test"]);
+    let start = std::time::Instant::now();
+    while !curl(&ft, &ca, "shop.test", "/", &[])
+        .await
+        .2
+        .contains("CN=shop v2")
+    {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the renewed certificate was not served"
+        );
+    }
+
+    // A key that does not match: the reload fails, v2 keeps serving, the key stays secret.
+    let other = tempfile::tempdir().unwrap();
+    pki.leaf(other.path(), "stray", "stray", &["shop.test"]);
+    std::fs::copy(
+        other.path().join("stray-key.pem"),
+        dir.path().join("shop-key.pem.tmp"),
+    )
+    .unwrap();
+    std::fs::rename(
+        dir.path().join("shop-key.pem.tmp"),
+        dir.path().join("shop-key.pem"),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    while ft
+        .sample(r#"fallthrough_config_reloads_total{result="failure"}"#)
+        .await
+        < 1.0
+    {
+        assert!(start.elapsed() < DEADLINE, "the bad key was never noticed");
+    }
+    let (code, _, err) = curl(&ft, &ca, "shop.test", "/", &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("CN=shop v2"),
+        "the last good certificate keeps serving: {err}"
+    );
+    let log = ft.log().join("\n");
+    assert!(log.contains("does not match the certificate"), "{log}");
+    assert!(
+        !log.contains("PRIVATE KEY"),
+        "key material must never be logged"
+    );
+}

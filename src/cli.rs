@@ -75,6 +75,9 @@ pub struct RunArgs {
         default_value = "fallthrough-status"
     )]
     pub lease_name: String,
+    /// Kubernetes: TLS Secret (namespace/name) served for unknown or missing SNI.
+    #[arg(long, env = "FALLTHROUGH_DEFAULT_CERTIFICATE", value_parser = parse_ns_name)]
+    pub default_certificate: Option<(String, String)>,
     /// Kubernetes: this replica's identity in the Lease and in Events (default: host name and PID).
     #[arg(long, env = "FALLTHROUGH_IDENTITY")]
     pub identity: Option<String>,
@@ -149,5 +152,16 @@ impl RunArgs {
             response_header: self.response_header_timeout,
             idle: self.idle_timeout,
         }
+    }
+}
+
+fn parse_ns_name(value: &str) -> Result<(String, String), String> {
+    match value.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!(
+            "{value:?} is not namespace/name, e.g. ingress/wildcard-cert"
+        )),
     }
 }

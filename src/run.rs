@@ -274,6 +274,10 @@ async fn serve_cluster(args: RunArgs) -> Result<(), RunError> {
             ingress_class: args.ingress_class.clone(),
             allow_url_backends: args.allow_url_backends,
             defaults: args.default_timeouts(),
+            default_certificate: args
+                .default_certificate
+                .clone()
+                .map(|(namespace, name)| crate::index::cluster::ObjKey { namespace, name }),
         },
         watch_namespace: args.watch_namespace.clone(),
         lease_namespace: args.lease_namespace.clone(),

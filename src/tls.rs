@@ -19,7 +19,7 @@ use rustls::sign::CertifiedKey;
 use crate::routes::HostMatch;
 
 /// Why a certificate and key cannot be served. Messages name the problem, never the key.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InvalidCertificate {
     /// No `CERTIFICATE` block in the certificate PEM.
     #[error("no PEM CERTIFICATE block found")]
@@ -76,6 +76,13 @@ pub fn parse(cert_pem: &[u8], key_pem: &[u8], now: i64) -> Result<Certificate, I
         key: Arc::new(certified),
         not_after,
     })
+}
+
+/// Seconds since the Unix epoch, for certificate expiry checks.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Certificates by the host names they serve.

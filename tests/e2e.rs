@@ -653,3 +653,151 @@ async fn with_two_controllers_both_serve_and_exactly_one_writes_status() {
     eventually_served(survivor, "www.shop.test", "/products/3", 200, "new-python").await;
     no_forbidden(survivor);
 }
+
+/// Applies TLS Secret `name` holding a fresh self-signed certificate for `host`, with
+/// common name `cn`; `stray_key` stores a key that does not match.
+fn tls_secret(ns: &str, name: &str, host: &str, cn: &str, stray_key: bool) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let cert = params.self_signed(&key).unwrap();
+    let key_pem = if stray_key {
+        rcgen::KeyPair::generate().unwrap().serialize_pem()
+    } else {
+        key.serialize_pem()
+    };
+    // Built directly: kubectl create secret tls refuses a mismatched pair, but other
+    // writers (a botched renewal, a hand edit) do not.
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            [
+                (
+                    "tls.crt".to_string(),
+                    k8s_openapi::ByteString(cert.pem().into_bytes()),
+                ),
+                (
+                    "tls.key".to_string(),
+                    k8s_openapi::ByteString(key_pem.into_bytes()),
+                ),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let mut yaml = serde_json::to_value(&secret).unwrap();
+    yaml["apiVersion"] = "v1".into();
+    yaml["kind"] = "Secret".into();
+    cluster().apply(&yaml.to_string());
+}
+
+/// The common name of the certificate served over HTTPS for `host`.
+async fn served_cn(ft: &Fallthrough, host: &str) -> String {
+    let port = ft.https.port();
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "-v", "-k", "--max-time", "10", "-o", "/dev/null"])
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .arg(format!("https://{host}:{port}/about.php"));
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    err.lines()
+        .find_map(|l| l.trim().strip_prefix("*  subject: CN="))
+        .unwrap_or("(no certificate)")
+        .to_string()
+}
+
+async fn eventually_cn(ft: &Fallthrough, host: &str, cn: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let served = served_cn(ft, host).await;
+        if served == cn {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{host}: still serves {served:?}, wanted {cn:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the Go-built cluster binaries: run scripts/test"]
+async fn https_certificates_come_from_secrets_rotate_and_survive_a_bad_update() {
+    let c = cluster();
+    let ns = namespace("tls");
+    let _pods = deploy_shop(&ns, "shop", &["shop.test"]);
+    tls_secret(&ns, "shop-tls", "shop.test", "shop v1", false);
+    c.apply(&route_yaml(
+        &ns,
+        "shop",
+        &["shop.test"],
+        "legacy",
+        "new",
+        "  tls: {secretName: shop-tls}\n",
+    ));
+    c.apply(&route_yaml(
+        &ns,
+        "nocert",
+        &["nocert.test"],
+        "legacy",
+        "new",
+        "  tls: {secretName: missing}\n",
+    ));
+    let ft = controller(&ns, "tls", "tls-1").await;
+    eventually_cn(&ft, "shop.test", "shop v1").await;
+
+    // cert-manager renews: the new certificate is used by new handshakes.
+    tls_secret(&ns, "shop-tls", "shop.test", "shop v2", false);
+    eventually_cn(&ft, "shop.test", "shop v2").await;
+
+    // A broken update: the route says so, an Event is written, v2 keeps serving.
+    tls_secret(&ns, "shop-tls", "shop.test", "shop v3", true);
+    let message = wait_condition(
+        &ns,
+        "shop",
+        "ResolvedRefs",
+        "False",
+        "InvalidCertificateRef",
+    );
+    assert!(
+        message.contains("does not match") && message.contains("last good"),
+        "{message}"
+    );
+    assert_eq!(served_cn(&ft, "shop.test").await, "shop v2");
+    wait_until(
+        "an Event about the certificate",
+        Duration::from_secs(30),
+        || events(&ns, "shop").contains("InvalidCertificateRef"),
+    );
+    let missing = wait_condition(
+        &ns,
+        "nocert",
+        "ResolvedRefs",
+        "False",
+        "InvalidCertificateRef",
+    );
+    assert!(missing.contains(&format!("{ns}/missing")), "{missing}");
+    let (status, headers, _) = get_host(&ft, "nocert.test", "/about.php").await;
+    assert_eq!(
+        (status, served_by(&headers)),
+        (200, "legacy-php"),
+        "plain HTTP still serves"
+    );
+    let log = ft.log().join("\n");
+    assert!(
+        !log.contains("PRIVATE KEY"),
+        "key material must never be logged"
+    );
+    no_forbidden(&ft);
+}

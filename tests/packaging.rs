@@ -286,10 +286,6 @@ fn deployed_rbac_is_exactly_what_the_real_cluster_suite_proves_sufficient() {
         .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
         .count();
     assert_eq!(roles, 2, "no other roles");
-    assert!(
-        !read(DEPLOY).to_lowercase().contains("secrets"),
-        "no access to Secrets until TLS exists"
-    );
 }
 
 /// The fallthrough container of the rendered Deployment.
@@ -983,7 +979,13 @@ async fn with_watch_namespace_a_role_in_that_namespace_is_enough() {
     assert_eq!(can(&["watch", "fallbackroutes", "-n", ns]), "yes");
     assert_eq!(can(&["watch", "services", "-n", "default"]), "no");
     assert_eq!(can(&["list", "services", "--all-namespaces"]), "no");
-    assert_eq!(can(&["get", "secrets", "-n", ns]), "no");
+    assert_eq!(
+        can(&["get", "secrets", "-n", ns]),
+        "yes",
+        "TLS certificates"
+    );
+    assert_eq!(can(&["get", "secrets", "-n", "default"]), "no");
+    assert_eq!(can(&["create", "secrets", "-n", ns]), "no");
 
     let kubeconfig = service_account_kubeconfig(c, release_ns, sa);
     let ft = controller_as(&kubeconfig, release_ns, &["--watch-namespace", ns]).await;

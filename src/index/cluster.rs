@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use http::uri::Authority;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -18,7 +18,8 @@ use kube::{Resource, ResourceExt};
 
 use super::{route_from_spec, Context, Services, Unresolved};
 use crate::api::{FallbackRoute, FallbackRouteSpec};
-use crate::routes::{Answerer, RouteTable, Timeouts};
+use crate::routes::{Answerer, HostMatch, RouteTable, Timeouts};
+use crate::tls::{Certificate, InvalidCertificate};
 
 /// The label EndpointSlices carry to name their Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -57,6 +58,8 @@ pub struct IndexOptions {
     pub allow_url_backends: bool,
     /// Timeouts for routes that set none.
     pub defaults: Timeouts,
+    /// TLS Secret served for unknown or missing SNI.
+    pub default_certificate: Option<ObjKey>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -116,10 +119,32 @@ pub struct DesiredStatus {
     pub observed: Option<Observed>,
 }
 
+/// A TLS Secret as last seen: its certificate if it ever parsed, and what is wrong now.
+#[derive(Clone, Debug)]
+struct SecretCert {
+    last_good: Option<Certificate>,
+    problem: Option<InvalidCertificate>,
+}
+
+/// A certificate to serve for some hosts.
+#[derive(Clone, Debug)]
+pub struct HostCert {
+    /// `namespace/name` of the Secret.
+    pub secret: String,
+    /// The route's hosts.
+    pub hosts: Vec<HostMatch>,
+    /// The certificate (the last good one if the Secret is now broken).
+    pub cert: Certificate,
+}
+
 /// The result of a build.
 pub struct Built {
     /// The table to serve.
     pub table: RouteTable,
+    /// Certificates of accepted routes, oldest route first.
+    pub certs: Vec<HostCert>,
+    /// The default certificate (`--default-certificate`), if its Secret is usable.
+    pub default_cert: Option<HostCert>,
     /// Desired status of every route of our class.
     pub statuses: Vec<DesiredStatus>,
     /// Routes left out (invalid, not allowed or in conflict).
@@ -134,6 +159,7 @@ pub struct ClusterIndex {
     observed: HashMap<ObjKey, Observed>,
     services: HashMap<ObjKey, Vec<SvcPort>>,
     slices: HashMap<ObjKey, Slice>,
+    secrets: HashMap<ObjKey, SecretCert>,
 }
 
 fn observed(route: &FallbackRoute) -> Observed {
@@ -212,6 +238,7 @@ impl ClusterIndex {
             observed: HashMap::new(),
             services: HashMap::new(),
             slices: HashMap::new(),
+            secrets: HashMap::new(),
         }
     }
 
@@ -296,6 +323,77 @@ impl ClusterIndex {
         replace_all(&mut self.slices, fresh)
     }
 
+    /// A TLS Secret was created or changed. A broken update keeps the last good
+    /// certificate; `now` is unix seconds, for the expiry check.
+    pub fn apply_secret(&mut self, secret: &Secret, now: i64) -> bool {
+        let parsed = parse_secret(secret, now);
+        let entry = self
+            .secrets
+            .entry(ObjKey::of(secret))
+            .or_insert(SecretCert {
+                last_good: None,
+                problem: None,
+            });
+        match parsed {
+            Ok(cert) => {
+                entry.last_good = Some(cert);
+                entry.problem = None;
+            }
+            Err(problem) => entry.problem = Some(problem),
+        }
+        true
+    }
+
+    /// A TLS Secret was deleted.
+    pub fn delete_secret(&mut self, secret: &Secret) -> bool {
+        self.secrets.remove(&ObjKey::of(secret)).is_some()
+    }
+
+    /// The watch re-listed TLS Secrets.
+    pub fn reset_secrets(&mut self, secrets: &[Secret], now: i64) -> bool {
+        let keep: std::collections::HashSet<ObjKey> = secrets.iter().map(ObjKey::of).collect();
+        self.secrets.retain(|k, _| keep.contains(k));
+        for s in secrets {
+            self.apply_secret(s, now);
+        }
+        true
+    }
+
+    /// The certificate to serve for a route's `tls.secretName`, and what is wrong with it.
+    fn secret_cert(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> (Option<&Certificate>, Option<Unresolved>) {
+        let key = ObjKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        let problem = |why: String| Unresolved::Certificate {
+            secret: key.to_string(),
+            why,
+        };
+        match self.secrets.get(&key) {
+            None => (
+                None,
+                Some(problem(
+                    "does not exist (or is not of type kubernetes.io/tls)".into(),
+                )),
+            ),
+            Some(s) => {
+                let issue = s.problem.as_ref().map(|p| {
+                    let kept = if s.last_good.is_some() {
+                        "; the last good certificate keeps serving"
+                    } else {
+                        ""
+                    };
+                    problem(format!("{p}{kept}"))
+                });
+                (s.last_good.as_ref(), issue)
+            }
+        }
+    }
+
     fn is_ours(&self, spec: &FallbackRouteSpec) -> bool {
         spec.ingress_class_name
             .as_deref()
@@ -319,10 +417,29 @@ impl ClusterIndex {
 
         let mut statuses = Vec::with_capacity(ordered.len());
         let mut candidates = Vec::new();
+        let mut certs: Vec<(ObjKey, HostCert)> = Vec::new();
         let mut unresolved: HashMap<ObjKey, Vec<(Answerer, Unresolved)>> = HashMap::new();
         for (key, obj) in &ordered {
             match route_from_spec(&key.namespace, &key.name, &obj.spec, &ctx) {
-                Ok(valid) => {
+                Ok(mut valid) => {
+                    let secret = obj.spec.tls.as_ref().and_then(|t| t.secret_name.as_deref());
+                    if let Some(secret) = secret {
+                        let (cert, problem) = self.secret_cert(&key.namespace, secret);
+                        if let Some(cert) = cert {
+                            certs.push((
+                                (*key).clone(),
+                                HostCert {
+                                    secret: format!("{}/{secret}", key.namespace),
+                                    hosts: valid.route.hosts.clone(),
+                                    cert: cert.clone(),
+                                },
+                            ));
+                        }
+                        // The certificate's problem is the route's, on whichever backend.
+                        valid
+                            .unresolved
+                            .extend(problem.map(|p| (Answerer::Primary, p)));
+                    }
                     unresolved.insert((*key).clone(), valid.unresolved);
                     candidates.push(valid.route);
                 }
@@ -358,12 +475,36 @@ impl ClusterIndex {
         }
         statuses.sort_by(|a, b| a.key.cmp(&b.key));
         rejected_count = rejected_count.min(ordered.len());
+        let certs = certs
+            .into_iter()
+            .filter(|(key, _)| !conflicted.contains_key(key.to_string().as_str()))
+            .map(|(_, c)| c)
+            .collect();
+        let default_cert = self.options.default_certificate.as_ref().and_then(|key| {
+            let cert = self.secrets.get(key)?.last_good.clone()?;
+            Some(HostCert {
+                secret: key.to_string(),
+                hosts: Vec::new(),
+                cert,
+            })
+        });
         Built {
             table,
+            certs,
+            default_cert,
             statuses,
             rejected: rejected_count,
         }
     }
+}
+
+/// The certificate in a `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`).
+fn parse_secret(secret: &Secret, now: i64) -> Result<Certificate, InvalidCertificate> {
+    let data = secret.data.as_ref();
+    let field = |k: &str| data.and_then(|d| d.get(k)).map(|b| b.0.as_slice());
+    let cert = field("tls.crt").ok_or(InvalidCertificate::NoCertificate)?;
+    let key = field("tls.key").ok_or(InvalidCertificate::NoKey)?;
+    crate::tls::parse(cert, key, now)
 }
 
 fn condition(
@@ -587,6 +728,7 @@ mod tests {
             ingress_class: "fallthrough".into(),
             allow_url_backends: false,
             defaults: Timeouts::default(),
+            default_certificate: None,
         })
     }
 

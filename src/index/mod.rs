@@ -68,6 +68,14 @@ pub enum Unresolved {
     /// The Service exists but none of its endpoints is ready.
     #[error("Service {0} has no ready endpoints")]
     NoReadyEndpoints(String),
+    /// The TLS Secret is missing or unusable; HTTPS keeps its last good certificate.
+    #[error("TLS Secret {secret}: {why}")]
+    Certificate {
+        /// `namespace/name`.
+        secret: String,
+        /// What is wrong (never key material).
+        why: String,
+    },
 }
 
 impl Unresolved {
@@ -77,6 +85,7 @@ impl Unresolved {
             Unresolved::ServiceNotFound(_) => "BackendNotFound",
             Unresolved::PortNotFound { .. } => "PortNotFound",
             Unresolved::NoReadyEndpoints(_) => "NoReadyEndpoints",
+            Unresolved::Certificate { .. } => "InvalidCertificateRef",
         }
     }
 }
@@ -225,13 +234,13 @@ fn check_tls(tls: Option<&api::TlsSpec>, ctx: &Context<'_>) -> Result<(), Invali
     let Some(tls) = tls else { return Ok(()) };
     let files = tls.cert_file.is_some() || tls.key_file.is_some();
     match (ctx.services.is_some(), &tls.secret_name, files) {
-        (_, Some(_), true) => Err(InvalidRoute::Tls("set either secretName or certFile and keyFile")),
+        (_, Some(_), true) => Err(InvalidRoute::Tls(
+            "set either secretName or certFile and keyFile",
+        )),
         (false, Some(_), _) => Err(InvalidRoute::Tls(
             "secretName needs a cluster: in route files give certFile and keyFile",
         )),
-        (true, Some(_), _) => Err(InvalidRoute::Tls(
-            "certificates from Secrets are not available in this version yet: terminate TLS in front of fallthrough for now",
-        )),
+        (true, Some(_), _) => Ok(()),
         (true, None, _) => Err(InvalidRoute::Tls(
             "certFile and keyFile are for route files: in a cluster use secretName",
         )),

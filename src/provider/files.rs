@@ -161,18 +161,11 @@ pub struct Loaded {
     pub certs: Vec<RouteCert>,
 }
 
-/// Seconds since the Unix epoch, for certificate expiry checks.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// Reads and checks a certificate and key pair. Errors name the file, never key bytes.
 pub fn read_certificate(cert: &Path, key: &Path) -> Result<Certificate, CertFileError> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| CertFileError::Read(p.to_path_buf(), e));
     let (cert_pem, key_pem) = (read(cert)?, read(key)?);
-    crate::tls::parse(&cert_pem, &key_pem, unix_now()).map_err(CertFileError::Invalid)
+    crate::tls::parse(&cert_pem, &key_pem, crate::tls::unix_now()).map_err(CertFileError::Invalid)
 }
 
 /// A certificate file problem.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -48,7 +48,7 @@ struct Shared {
     index: Mutex<ClusterIndex>,
     changed: Notify,
     /// Per watched kind: has the initial list arrived?
-    synced: [AtomicBool; 3],
+    synced: [AtomicBool; 4],
 }
 
 impl Shared {
@@ -65,6 +65,8 @@ impl Shared {
 trait Indexed: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static {
     const SLOT: usize;
     const KIND: &'static str;
+    /// Field selector narrowing the watch.
+    const FIELDS: Option<&'static str> = None;
     fn apply(idx: &mut ClusterIndex, obj: &Self) -> bool;
     fn delete(idx: &mut ClusterIndex, obj: &Self) -> bool;
     fn reset(idx: &mut ClusterIndex, all: &[Self]) -> bool;
@@ -95,6 +97,23 @@ impl Indexed for Service {
     }
     fn reset(idx: &mut ClusterIndex, all: &[Self]) -> bool {
         idx.reset_services(all)
+    }
+}
+
+/// Only TLS Secrets are watched and kept: the field selector keeps every other Secret
+/// (and its data) out of this process.
+impl Indexed for Secret {
+    const SLOT: usize = 3;
+    const KIND: &'static str = "Secret";
+    const FIELDS: Option<&'static str> = Some("type=kubernetes.io/tls");
+    fn apply(idx: &mut ClusterIndex, obj: &Self) -> bool {
+        idx.apply_secret(obj, crate::tls::unix_now())
+    }
+    fn delete(idx: &mut ClusterIndex, obj: &Self) -> bool {
+        idx.delete_secret(obj)
+    }
+    fn reset(idx: &mut ClusterIndex, all: &[Self]) -> bool {
+        idx.reset_secrets(all, crate::tls::unix_now())
     }
 }
 
@@ -146,6 +165,7 @@ pub async fn run(
         api::<EndpointSlice>(&client, ns),
         shared.clone(),
     ));
+    tokio::spawn(watch_kind(api::<Secret>(&client, ns), shared.clone()));
 
     let (leader_tx, leader_rx) = watch::channel(false);
     let (status_tx, status_rx) = watch::channel(Vec::new());
@@ -195,7 +215,28 @@ async fn watch_kind<K: Indexed>(api: Api<K>, shared: Arc<Shared>) {
 }
 
 fn watcher<K: Indexed>(api: Api<K>) -> impl futures_util::Stream<Item = watcher::Result<Event<K>>> {
-    watcher::watcher(api, watcher::Config::default())
+    let mut config = watcher::Config::default();
+    if let Some(fields) = K::FIELDS {
+        config = config.fields(fields);
+    }
+    watcher::watcher(api, config)
+}
+
+/// Swaps in the certificates of a build; open connections keep theirs.
+fn publish_certs(proxy: &Proxy, metrics: &Metrics, built: &crate::index::cluster::Built) {
+    let mut store = crate::tls::CertStore::default();
+    metrics.certificates_replaced();
+    for hc in built.certs.iter().chain(&built.default_cert) {
+        let (ns, name) = hc.secret.split_once('/').unwrap_or(("", &hc.secret));
+        metrics.certificate_expiry(ns, name, hc.cert.not_after);
+    }
+    for hc in &built.certs {
+        store.add(&hc.hosts, &hc.cert);
+    }
+    if let Some(default) = &built.default_cert {
+        store.set_default(&default.cert);
+    }
+    proxy.publish_certs(store);
 }
 
 async fn build_loop(
@@ -214,9 +255,11 @@ async fn build_loop(
         let building = shared.clone();
         // Building is synchronous and can take milliseconds with many routes: keep it
         // off the proxy's worker threads.
-        let Ok(built) = tokio::task::spawn_blocking(move || building.index().build()).await else {
+        let Ok(mut built) = tokio::task::spawn_blocking(move || building.index().build()).await
+        else {
             continue;
         };
+        publish_certs(&proxy, &metrics, &built);
         let routes = built.table.routes();
         if serving.as_deref() != Some(routes) {
             tracing::info!(
@@ -227,7 +270,7 @@ async fn build_loop(
             let routes = routes.to_vec();
             metrics.table_published(routes.len(), built.rejected);
             metrics.reloaded(true);
-            proxy.publish(built.table);
+            proxy.publish(std::mem::take(&mut built.table));
             serving = Some(routes);
         }
         readiness.set_loaded();

@@ -750,15 +750,7 @@ fn wait_condition(c: &Cluster, ns: &str, route: &str, type_: &str, status: &str)
 }
 
 fn no_forbidden(ft: &Fallthrough) {
-    let denied: Vec<String> = ft
-        .log()
-        .into_iter()
-        .filter(|l| l.to_lowercase().contains("forbidden"))
-        .collect();
-    assert!(
-        denied.is_empty(),
-        "the chart's RBAC refused the controller something: {denied:#?}"
-    );
+    cluster::assert_no_forbidden(ft.log(), "the chart's RBAC: the controller");
 }
 
 /// Checks that the controller serves the route of [`create_namespace_with_apps`] from

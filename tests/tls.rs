@@ -258,3 +258,47 @@ async fn a_rotated_certificate_is_served_at_once_and_a_bad_one_keeps_the_old() {
         "key material must never be logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs h2spec, built from Go modules by scripts/e2e-binaries: run scripts/test"]
+async fn h2spec_finds_no_conformance_failure_on_the_https_listener() {
+    let h2spec = std::path::PathBuf::from(std::env::var("FALLTHROUGH_E2E_BIN").expect(
+        "FALLTHROUGH_E2E_BIN is not set: run scripts/test, or export FALLTHROUGH_E2E_BIN=$(scripts/e2e-binaries --print-dir)",
+    ))
+    .join("h2spec");
+    let php = backend("php").status(404).start().await;
+    let py = backend("py").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    pki.leaf(dir.path(), "default", "h2spec", &["localhost"]);
+    let routes_path = dir.path().join("routes.yaml");
+    std::fs::write(&routes_path, route("any", &php.url(), &py.url(), "")).unwrap();
+    let (routes_arg, cert, key) = (
+        routes_path.display().to_string(),
+        dir.path().join("default.pem").display().to_string(),
+        dir.path().join("default-key.pem").display().to_string(),
+    );
+    let args = [
+        "--routes",
+        &routes_arg,
+        "--default-cert-file",
+        &cert,
+        "--default-key-file",
+        &key,
+    ];
+    let ft = Fallthrough::spawn(tempfile::tempdir().unwrap(), routes_path.clone(), &args).await;
+    let port = ft.https.port().to_string();
+    let mut cmd = Command::new(h2spec);
+    cmd.args(["-t", "-k", "-h", "127.0.0.1", "-p", &port, "-o", "5"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    let summary = report.lines().last().unwrap_or_default().to_string();
+    println!("h2spec: {summary}");
+    assert!(
+        summary.contains("tests,") && summary.ends_with(" 0 failed"),
+        "h2spec found failures:\n{report}"
+    );
+}

@@ -188,8 +188,17 @@ pub async fn serve(
                                     return;
                                 }
                             };
-                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            if let Err(err) = watcher.watch(conn.into_owned()).await {
+                            // ALPN h2 decided the protocol: no sniffing, so a client that agreed
+                            // on h2 and then sends something else is closed, not answered.
+                            // (HTTP/2 has no Upgrade; HTTP/1.1 keeps upgrade support.)
+                            let io = TokioIo::new(stream);
+                            let served = if io.inner().get_ref().1.alpn_protocol() == Some(b"h2") {
+                                let builder = builder.http2_only();
+                                watcher.watch(builder.serve_connection(io, service).into_owned()).await
+                            } else {
+                                watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned()).await
+                            };
+                            if let Err(err) = served {
                                 tracing::debug!(error = %err, %peer, "client connection ended with an error");
                             }
                         });

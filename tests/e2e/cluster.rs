@@ -76,6 +76,18 @@ subjects:
 - {apiGroup: rbac.authorization.k8s.io, kind: User, name: fallthrough-controller}
 "#;
 
+/// Fails if a controller log shows the API server refusing it anything (RBAC too tight).
+pub fn assert_no_forbidden(log: Vec<String>, who: &str) {
+    let denied: Vec<String> = log
+        .into_iter()
+        .filter(|l| l.to_lowercase().contains("forbidden"))
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "{who} was refused something: {denied:#?}"
+    );
+}
+
 /// Directory holding kube-apiserver, etcd and kubectl.
 pub fn bin_dir() -> PathBuf {
     let dir = std::env::var("FALLTHROUGH_E2E_BIN").expect(

@@ -302,3 +302,162 @@ async fn h2spec_finds_no_conformance_failure_on_the_https_listener() {
         "h2spec found failures:\n{report}"
     );
 }
+
+/// One request over a fresh TLS connection (so every request is a new handshake):
+/// the common name of the certificate the server presented and the response status.
+async fn fresh_tls_request(
+    addr: std::net::SocketAddr,
+    roots: std::sync::Arc<rustls::RootCertStore>,
+) -> Result<(String, u16), String> {
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("shop.test").unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first().cloned())
+        .ok_or("no certificate")?;
+    let cn = x509_parser::parse_x509_certificate(&leaf)
+        .map_err(|e| e.to_string())?
+        .1
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = http::Request::get("/")
+        .header("host", "shop.test")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    Ok((cn, resp.status().as_u16()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_certificates_under_load_fails_no_request() {
+    let php = backend("php").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    pki.leaf(dir.path(), "shop", "shop v0", &["shop.test"]);
+    let routes_path = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes_path,
+        tls_route("shop", "[shop.test]", &php.url(), &php.url(), "shop", ""),
+    )
+    .unwrap();
+    let routes_arg = routes_path.display().to_string();
+    let ft = Fallthrough::spawn(
+        tempfile::tempdir().unwrap(),
+        routes_path.clone(),
+        &["--routes", &routes_arg],
+    )
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let roots = std::sync::Arc::new(roots);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, roots, addr) = (stop.clone(), roots.clone(), ft.https);
+            tokio::spawn(async move {
+                let (mut ok, mut failures) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match fresh_tls_request(addr, roots.clone()).await {
+                        Ok((_, 200)) => ok += 1,
+                        other => failures.push(format!("{other:?}")),
+                    }
+                }
+                (ok, failures)
+            })
+        })
+        .collect();
+    for version in 1..=5 {
+        let cn = format!("shop v{version}");
+        pki.leaf(dir.path(), "shop", &cn, &["shop.test"]);
+        let start = std::time::Instant::now();
+        while fresh_tls_request(ft.https, roots.clone())
+            .await
+            .map(|r| r.0)
+            != Ok(cn.clone())
+        {
+            assert!(start.elapsed() < DEADLINE, "{cn} was not served");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failures) = (0, Vec::new());
+    for l in loops {
+        let (o, f) = l.await.unwrap();
+        ok += o;
+        failures.extend(f);
+    }
+    assert!(ok > 20, "the load ran ({ok} requests)");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed across 5 rotations: {failures:?}",
+        failures.len(),
+        ok + failures.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs h2load (Debian package nghttp2-client): run scripts/test"]
+async fn h2load_over_http2_through_a_fallback_gets_all_answers() {
+    let php = backend("php").status(404).start().await;
+    let py = backend("py").body("python page").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    pki.leaf(dir.path(), "shop", "shop", &["shop.test"]);
+    let routes_path = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes_path,
+        tls_route("shop", "[]", &php.url(), &py.url(), "shop", ""),
+    )
+    .unwrap();
+    let routes_arg = routes_path.display().to_string();
+    let ft = Fallthrough::spawn(
+        tempfile::tempdir().unwrap(),
+        routes_path.clone(),
+        &["--routes", &routes_arg],
+    )
+    .await;
+    let url = format!("https://127.0.0.1:{}/new", ft.https.port());
+    let mut cmd = Command::new("h2load");
+    cmd.args(["-n", "2000", "-c", "8", "-m", "10", &url]);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("h2load runs (apt-get install nghttp2-client)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("Application protocol: h2"), "{report}");
+    assert!(
+        report.contains("2000 succeeded, 0 failed, 0 errored"),
+        "{report}"
+    );
+    assert!(report.contains("status codes: 2000 2xx"), "{report}");
+    assert_eq!(
+        py.seen().len(),
+        2000,
+        "every request went through the fallback"
+    );
+}

@@ -147,7 +147,11 @@ fn wait_condition(ns: &str, route: &str, type_: &str, status: &str, reason: &str
         }
         assert!(
             start.elapsed() < Duration::from_secs(30),
-            "{ns}/{route}: no {type_}={status} ({reason}) for generation {generation}; conditions are {now:#?}"
+            "{ns}/{route}: no {type_}={status} ({reason}) for generation {generation}; conditions are {now:#?}\nall routes in {ns}:\n{}",
+            cluster().kubectl_ok(&[
+                "get", "fallbackroutes", "-n", ns, "-o",
+                "jsonpath={range .items[*]}{.metadata.name} created {.metadata.creationTimestamp}: {range .status.conditions[*]}{.type}={.status}/{.reason} {end}{\"\\n\"}{end}",
+            ])
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -462,6 +466,23 @@ async fn invalid_and_conflicting_routes_get_conditions_and_events_while_others_s
         "primary: {url: \"http://10.0.0.1:80\"}",
     );
     c.apply(&url);
+    // Creation times have whole seconds, and a tie goes to the alphabetically first
+    // route: let a full second pass so "good" is older by the clock.
+    let created = c.kubectl_ok(&[
+        "get",
+        "fallbackroute",
+        "-n",
+        &ns,
+        "good",
+        "-o",
+        "jsonpath={.metadata.creationTimestamp}",
+    ]);
+    let created: k8s_openapi::jiff::Timestamp = created.parse().unwrap();
+    wait_until(
+        "a new second after the good route's creation",
+        Duration::from_secs(5),
+        || k8s_openapi::jiff::Timestamp::now().as_second() > created.as_second(),
+    );
     c.apply(&route_yaml(
         &ns,
         "copycat",

@@ -55,6 +55,17 @@ impl Pki {
     }
 }
 
+/// Writes `routes` to `dir/routes.yaml` (beside the certificate files) and runs
+/// fallthrough on it with `extra` arguments.
+async fn start_in(dir: &Path, routes: &str, extra: &[&str]) -> Fallthrough {
+    let routes_path = dir.join("routes.yaml");
+    std::fs::write(&routes_path, routes).unwrap();
+    let routes_arg = routes_path.display().to_string();
+    let mut args = vec!["--routes", routes_arg.as_str()];
+    args.extend_from_slice(extra);
+    Fallthrough::spawn(tempfile::tempdir().unwrap(), routes_path.clone(), &args).await
+}
+
 /// curl over HTTPS to `host` (resolved to the proxy); returns (exit code, stdout, stderr).
 /// Runs off the test's runtime, which also runs the in-process backends.
 async fn curl(
@@ -132,15 +143,7 @@ async fn https_picks_certificates_by_sni_and_speaks_http2_through_a_fallback() {
         ),
     ]
     .join("---\n");
-    std::fs::write(dir.path().join("routes.yaml"), &routes).unwrap();
-    let routes_path = dir.path().join("routes.yaml");
-    let routes_arg = routes_path.display().to_string();
-    let ft = Fallthrough::spawn(
-        tempfile::tempdir().unwrap(),
-        routes_path.clone(),
-        &["--routes", &routes_arg],
-    )
-    .await;
+    let ft = start_in(dir.path(), &routes, &[]).await;
 
     // SNI selects the certificate curl verifies against the host name.
     let (code, out, err) = curl(&ft, &ca, "shop.test", "/old", &[]).await;
@@ -192,17 +195,10 @@ async fn a_rotated_certificate_is_served_at_once_and_a_bad_one_keeps_the_old() {
     let pki = Pki::new();
     pki.leaf(dir.path(), "shop", "shop v1", &["shop.test"]);
     let ca = pki.write_ca(dir.path());
-    let routes_path = dir.path().join("routes.yaml");
-    std::fs::write(
-        &routes_path,
-        tls_route("shop", "[shop.test]", &php.url(), &php.url(), "shop", ""),
-    )
-    .unwrap();
-    let routes_arg = routes_path.display().to_string();
-    let ft = Fallthrough::spawn(
-        tempfile::tempdir().unwrap(),
-        routes_path.clone(),
-        &["--routes", &routes_arg],
+    let ft = start_in(
+        dir.path(),
+        &tls_route("shop", "[shop.test]", &php.url(), &php.url(), "shop", ""),
+        &[],
     )
     .await;
     assert!(curl(&ft, &ca, "shop.test", "/", &[])
@@ -271,22 +267,12 @@ async fn h2spec_finds_no_conformance_failure_on_the_https_listener() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
     pki.leaf(dir.path(), "default", "h2spec", &["localhost"]);
-    let routes_path = dir.path().join("routes.yaml");
-    std::fs::write(&routes_path, route("any", &php.url(), &py.url(), "")).unwrap();
-    let (routes_arg, cert, key) = (
-        routes_path.display().to_string(),
+    let (cert, key) = (
         dir.path().join("default.pem").display().to_string(),
         dir.path().join("default-key.pem").display().to_string(),
     );
-    let args = [
-        "--routes",
-        &routes_arg,
-        "--default-cert-file",
-        &cert,
-        "--default-key-file",
-        &key,
-    ];
-    let ft = Fallthrough::spawn(tempfile::tempdir().unwrap(), routes_path.clone(), &args).await;
+    let args = ["--default-cert-file", &cert, "--default-key-file", &key];
+    let ft = start_in(dir.path(), &route("any", &php.url(), &py.url(), ""), &args).await;
     let port = ft.https.port().to_string();
     let mut cmd = Command::new(h2spec);
     cmd.args(["-t", "-k", "-h", "127.0.0.1", "-p", &port, "-o", "5"]);
@@ -359,19 +345,8 @@ async fn rotating_certificates_under_load_fails_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
     pki.leaf(dir.path(), "shop", "shop v0", &["shop.test"]);
-    let routes_path = dir.path().join("routes.yaml");
-    std::fs::write(
-        &routes_path,
-        tls_route("shop", "[shop.test]", &php.url(), &php.url(), "shop", ""),
-    )
-    .unwrap();
-    let routes_arg = routes_path.display().to_string();
-    let ft = Fallthrough::spawn(
-        tempfile::tempdir().unwrap(),
-        routes_path.clone(),
-        &["--routes", &routes_arg],
-    )
-    .await;
+    let routes = tls_route("shop", "[shop.test]", &php.url(), &php.url(), "shop", "");
+    let ft = start_in(dir.path(), &routes, &[]).await;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca.der().clone()).unwrap();
     let roots = std::sync::Arc::new(roots);
@@ -428,17 +403,10 @@ async fn h2load_over_http2_through_a_fallback_gets_all_answers() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
     pki.leaf(dir.path(), "shop", "shop", &["shop.test"]);
-    let routes_path = dir.path().join("routes.yaml");
-    std::fs::write(
-        &routes_path,
-        tls_route("shop", "[]", &php.url(), &py.url(), "shop", ""),
-    )
-    .unwrap();
-    let routes_arg = routes_path.display().to_string();
-    let ft = Fallthrough::spawn(
-        tempfile::tempdir().unwrap(),
-        routes_path.clone(),
-        &["--routes", &routes_arg],
+    let ft = start_in(
+        dir.path(),
+        &tls_route("shop", "[]", &php.url(), &py.url(), "shop", ""),
+        &[],
     )
     .await;
     let url = format!("https://127.0.0.1:{}/new", ft.https.port());

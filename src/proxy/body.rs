@@ -18,6 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::rescue::ProxyError;
 use crate::metrics::RouteMetrics;
 
 /// A request body as read from the client, ready to send upstream.
@@ -28,11 +29,16 @@ pub enum RequestBody {
     Streaming(UpstreamBody),
 }
 
-/// Reads the client's body into memory when it fits in `limit` bytes.
+/// Reads the client's body into memory when it fits in `limit` bytes, within `timeout`.
 ///
 /// A declared `Content-Length` over the limit is not read at all; a body that turns out
-/// to be larger while reading keeps the read part and streams the rest.
-pub async fn read_request_body(body: Incoming, limit: u64) -> Result<RequestBody, hyper::Error> {
+/// to be larger while reading keeps the read part and streams the rest. Bodyless
+/// requests (most of them) return at once, without arming a timer.
+pub async fn read_request_body(
+    body: Incoming,
+    limit: u64,
+    timeout: std::time::Duration,
+) -> Result<RequestBody, ProxyError> {
     if body.is_end_stream() {
         return Ok(RequestBody::Replayable(UpstreamBody::empty()));
     }
@@ -42,7 +48,13 @@ pub async fn read_request_body(body: Incoming, limit: u64) -> Result<RequestBody
             body,
         )));
     }
-    let mut body = body;
+    tokio::time::timeout(timeout, buffer(body, limit))
+        .await
+        .map_err(|_| ProxyError::ClientBodyTimeout)?
+        .map_err(ProxyError::ClientBody)
+}
+
+async fn buffer(mut body: Incoming, limit: u64) -> Result<RequestBody, hyper::Error> {
     let mut chunks = Vec::new();
     let mut total: u64 = 0;
     let mut trailers = None;

@@ -37,13 +37,7 @@ pub(super) async fn forward(
     let (mut parts, body) = req.into_parts();
     prepare_head(&mut parts, conn, upgrade);
 
-    let body = tokio::time::timeout(
-        body_timeout,
-        read_request_body(body, route.max_replay_bytes),
-    )
-    .await
-    .map_err(|_| ProxyError::ClientBodyTimeout)?
-    .map_err(ProxyError::ClientBody)?;
+    let body = read_request_body(body, route.max_replay_bytes, body_timeout).await?;
     let (body, replay) = match body {
         RequestBody::Replayable(body) => {
             let replay = body.replay();
@@ -70,18 +64,7 @@ pub(super) async fn forward(
                 return Err(err);
             };
             rt.metrics.fallback_on_error();
-            let resp = send(
-                rt,
-                route,
-                Answerer::Fallback,
-                into_request(
-                    parts,
-                    &route.fallback,
-                    pick(rt, &route.fallback, Answerer::Fallback)?,
-                    replay,
-                ),
-            )
-            .await?;
+            let resp = send_fallback(rt, route, parts, replay).await?;
             return Ok(respond(rt, Answerer::Fallback, resp, client_upgrade));
         }
         Err(err) => return Err(err),
@@ -93,18 +76,7 @@ pub(super) async fn forward(
     };
     rt.metrics.fallback_on_status();
     let kept = keep_primary_answer(route, primary).await;
-    let fallback = send(
-        rt,
-        route,
-        Answerer::Fallback,
-        into_request(
-            parts,
-            &route.fallback,
-            pick(rt, &route.fallback, Answerer::Fallback)?,
-            replay,
-        ),
-    )
-    .await?;
+    let fallback = send_fallback(rt, route, parts, replay).await?;
     match kept {
         Some(kept) if route.falls_back_on(fallback.status().as_u16()) => {
             // Neither serves it; `notFoundFrom: primary` keeps the legacy answer.
@@ -112,6 +84,18 @@ pub(super) async fn forward(
         }
         _ => Ok(respond(rt, Answerer::Fallback, fallback, client_upgrade)),
     }
+}
+
+/// The same request, replayed to the fallback: its last attempt, so `parts` is consumed.
+async fn send_fallback(
+    rt: &RouteRuntime,
+    route: &Route,
+    parts: Parts,
+    replay: UpstreamBody,
+) -> Result<Response<Incoming>, ProxyError> {
+    let endpoint = pick(rt, &route.fallback, Answerer::Fallback)?;
+    let req = into_request(parts, &route.fallback, endpoint, replay);
+    send(rt, route, Answerer::Fallback, req).await
 }
 
 /// A primary response read (in part) while the fallback is asked.

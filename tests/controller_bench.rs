@@ -155,32 +155,14 @@ async fn propagation(c: &Cluster, ft: &Fallthrough, label: &str) -> String {
             "apiVersion: fallthrough.dev/v1alpha1\nkind: FallbackRoute\nmetadata: {{name: probe, namespace: {NS}}}\nspec:\n  hosts: [\"{host}\"]\n  primary: {{service: {{name: legacy, port: 80}}}}\n  fallback: {{service: {{name: new, port: http}}}}\n"
         );
         let started = Instant::now();
-        let apply = {
-            let c_yaml = yaml.clone();
-            let kubeconfig = c.admin_kubeconfig.clone();
-            tokio::task::spawn_blocking(move || {
-                let t = Instant::now();
-                let mut child = std::process::Command::new(bin_dir().join("kubectl"))
-                    .arg(format!("--kubeconfig={}", kubeconfig.display()))
-                    .args(["apply", "-f", "-"])
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap();
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(c_yaml.as_bytes())
-                    .unwrap();
-                assert!(
-                    child.wait().unwrap().success(),
-                    "kubectl apply of the probe route failed"
-                );
-                t.elapsed()
-            })
-        };
+        let kubeconfig = c.admin_kubeconfig.clone();
+        let apply = tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            if let Err(err) = kubectl_apply(&kubeconfig, &yaml) {
+                panic!("kubectl apply of the probe route failed: {err}");
+            }
+            t.elapsed()
+        });
         loop {
             let req = Request::get("/about.php")
                 .header("host", &host)

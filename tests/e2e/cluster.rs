@@ -114,6 +114,31 @@ pub fn on_exit(cleanup: &str) {
         .expect("sh starts");
 }
 
+/// `kubectl apply -f -` of `yaml` with `kubeconfig`; stdout, or stderr on failure. A free
+/// function so a benchmark can time it on another thread.
+pub fn kubectl_apply(kubeconfig: &Path, yaml: &str) -> Result<String, String> {
+    let mut child = Command::new(bin_dir().join("kubectl"))
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// Spawns a process that dies with this test process.
 pub fn spawn_tied(cmd: &mut Command, log: &Path) -> Child {
     let out = std::fs::File::create(log).unwrap();
@@ -319,26 +344,7 @@ impl Cluster {
 
     /// `kubectl apply -f -` of `yaml`; the result (stderr on failure).
     pub fn try_apply(&self, yaml: &str) -> Result<String, String> {
-        let mut child = Command::new(bin_dir().join("kubectl"))
-            .arg(format!("--kubeconfig={}", self.admin_kubeconfig.display()))
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(yaml.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        kubectl_apply(&self.admin_kubeconfig, yaml)
     }
 
     pub fn apply(&self, yaml: &str) {

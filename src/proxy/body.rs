@@ -19,6 +19,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::rescue::ProxyError;
+use super::upstream::ResponseBody;
 use crate::metrics::RouteMetrics;
 
 /// A request body as read from the client, ready to send upstream.
@@ -135,6 +136,22 @@ impl UpstreamBody {
         }
     }
 
+    /// The body's length when it is known up front and no trailers follow it: then it is
+    /// framed by `Content-Length`, else chunked.
+    pub fn exact_len(&self) -> Option<u64> {
+        match &self.kind {
+            UpstreamKind::Empty => Some(0),
+            UpstreamKind::Full { buffered, .. } if buffered.trailers.is_none() => {
+                Some(buffered.len)
+            }
+            UpstreamKind::Full { .. } => None,
+            UpstreamKind::Stream { prefix, rest } => {
+                let read: u64 = prefix.iter().map(|c| c.len() as u64).sum();
+                rest.size_hint().exact().map(|n| read + n)
+            }
+        }
+    }
+
     /// A fresh copy of a buffered body, from its start. Streaming bodies cannot be
     /// copied: `None`.
     pub fn replay(&self) -> Option<UpstreamBody> {
@@ -220,9 +237,9 @@ impl Body for UpstreamBody {
 /// the limit the connection goes back to the pool and the bytes are returned whole;
 /// otherwise what was read is returned with the unread rest.
 pub async fn read_response_prefix(
-    mut body: Incoming,
+    mut body: ResponseBody,
     limit: usize,
-) -> Result<(Vec<Bytes>, Option<Incoming>), hyper::Error> {
+) -> Result<(Vec<Bytes>, Option<ResponseBody>), BoxError> {
     let mut chunks = Vec::new();
     let mut total = 0;
     if body.size_hint().lower() > limit as u64 {
@@ -252,9 +269,12 @@ enum ClientKind {
     Full(Option<Bytes>),
     Upstream {
         prefix: VecDeque<Bytes>,
-        rest: Option<Incoming>,
+        rest: Option<ResponseBody>,
     },
 }
+
+/// Any error a body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Observes the whole request's duration once, on drop. Holds its route's metrics so a
 /// reload during a long download still records into the right series.
@@ -294,7 +314,7 @@ impl ClientBody {
     }
 
     /// An upstream body streamed through.
-    pub fn upstream(body: Incoming) -> Self {
+    pub fn upstream(body: ResponseBody) -> Self {
         ClientBody {
             kind: ClientKind::Upstream {
                 prefix: VecDeque::new(),
@@ -305,7 +325,7 @@ impl ClientBody {
     }
 
     /// An upstream body part of which was already read.
-    pub fn upstream_prefixed(prefix: Vec<Bytes>, rest: Option<Incoming>) -> Self {
+    pub fn upstream_prefixed(prefix: Vec<Bytes>, rest: Option<ResponseBody>) -> Self {
         ClientBody {
             kind: ClientKind::Upstream {
                 prefix: prefix.into(),
@@ -324,12 +344,12 @@ impl ClientBody {
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             ClientKind::Empty => Poll::Ready(None),
@@ -337,7 +357,7 @@ impl Body for ClientBody {
             ClientKind::Upstream { prefix, rest } => match prefix.pop_front() {
                 Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
                 None => match rest {
-                    Some(rest) => Pin::new(rest).poll_frame(cx),
+                    Some(rest) => Pin::new(rest).poll_frame(cx).map_err(BoxError::from),
                     None => Poll::Ready(None),
                 },
             },

@@ -10,15 +10,17 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::Authority;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
 use super::body::{read_request_body, read_response_prefix, ClientBody, RequestBody, UpstreamBody};
 use super::headers::{is_upgrade, remove_hop_by_hop, set_forwarded};
 use super::rescue::ProxyError;
-use super::{upstream, ConnInfo, RouteRuntime};
+use super::upstream::{self, ResponseBody};
+use super::{ConnInfo, RouteRuntime};
 use crate::routes::{Answerer, Backend, Route};
 
 /// How much of a primary's "not found" body is read so its connection can be reused
@@ -47,10 +49,7 @@ pub(super) async fn forward(
     };
 
     let primary = match pick(rt, &route.primary, Answerer::Primary) {
-        Ok(endpoint) => {
-            let req = upstream_request(&parts, &route.primary, endpoint, body);
-            send(rt, route, Answerer::Primary, req).await
-        }
+        Ok(endpoint) => send(rt, route, Answerer::Primary, endpoint, &parts, body).await,
         Err(err) => Err(err),
     };
     let primary = match primary {
@@ -92,22 +91,21 @@ async fn send_fallback(
     route: &Route,
     parts: Parts,
     replay: UpstreamBody,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<ResponseBody>, ProxyError> {
     let endpoint = pick(rt, &route.fallback, Answerer::Fallback)?;
-    let req = into_request(parts, &route.fallback, endpoint, replay);
-    send(rt, route, Answerer::Fallback, req).await
+    send(rt, route, Answerer::Fallback, endpoint, &parts, replay).await
 }
 
 /// A primary response read (in part) while the fallback is asked.
 struct KeptAnswer {
     parts: http::response::Parts,
     prefix: Vec<Bytes>,
-    rest: Option<Incoming>,
+    rest: Option<ResponseBody>,
 }
 
 /// Reads the primary's "not found" body so its connection returns to the pool, keeping
 /// it only when `notFoundFrom: primary` may need it.
-async fn keep_primary_answer(route: &Route, resp: Response<Incoming>) -> Option<KeptAnswer> {
+async fn keep_primary_answer(route: &Route, resp: Response<ResponseBody>) -> Option<KeptAnswer> {
     let (parts, body) = resp.into_parts();
     match route.not_found_from {
         Answerer::Primary => {
@@ -164,67 +162,26 @@ fn pick<'r>(
     })
 }
 
-fn upstream_uri(parts: &Parts, backend: &Backend, endpoint: &Authority) -> Uri {
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(backend.scheme.clone());
-    uri.authority = Some(endpoint.clone());
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(uri).expect("scheme, authority and path make a valid URI")
-}
-
-/// The request for one attempt, leaving `parts` for the next.
-fn upstream_request(
-    parts: &Parts,
-    backend: &Backend,
-    endpoint: &Authority,
-    body: UpstreamBody,
-) -> Request<UpstreamBody> {
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = upstream_uri(parts, backend, endpoint);
-    *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = parts.headers.clone();
-    req
-}
-
-/// The request for the last attempt, consuming `parts`.
-fn into_request(
-    parts: Parts,
-    backend: &Backend,
-    endpoint: &Authority,
-    body: UpstreamBody,
-) -> Request<UpstreamBody> {
-    let uri = upstream_uri(&parts, backend, endpoint);
-    let mut req = Request::from_parts(parts, body);
-    *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
-    req
-}
-
 /// One upstream attempt, timed and classified.
 async fn send(
     rt: &RouteRuntime,
     route: &Route,
     backend: Answerer,
-    req: Request<UpstreamBody>,
-) -> Result<Response<Incoming>, ProxyError> {
+    endpoint: &Authority,
+    head: &Parts,
+    body: UpstreamBody,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let started = Instant::now();
     let t = &route.timeouts;
-    let result =
-        tokio::time::timeout(t.response_header, upstream::request(t.connect, t.idle, req)).await;
+    let exchange = upstream::send(endpoint, t.connect, t.idle, head, body);
+    let result = tokio::time::timeout(t.response_header, exchange).await;
     rt.metrics.upstream_attempt(backend, started.elapsed());
     let err = match result {
         Ok(Ok(resp)) => return Ok(resp),
         Err(_) => ProxyError::UpstreamTimeout(backend),
         Ok(Err(e)) if e.is_connect() => ProxyError::UpstreamConnect {
             backend,
-            timed_out: timed_out(&e),
+            timed_out: e.is_connect_timeout(),
             source: e,
         },
         Ok(Err(e)) => ProxyError::Upstream {
@@ -238,43 +195,27 @@ async fn send(
     Err(err)
 }
 
-/// Whether a connect error was the connect timeout expiring.
-fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = err.source();
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        source = e.source();
-    }
-    false
-}
-
 /// Streams an upstream response to the client, tunnelling it when it switched protocols.
 fn respond(
     rt: &RouteRuntime,
     backend: Answerer,
-    mut resp: Response<Incoming>,
+    resp: Response<ResponseBody>,
     client_upgrade: Option<OnUpgrade>,
 ) -> Response<ClientBody> {
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switching {
-        if let Some(client) = client_upgrade {
-            tunnel(client, hyper::upgrade::on(&mut resp));
-        }
-    }
     let (mut parts, body) = resp.into_parts();
-    rt.metrics.response(backend, parts.status);
-    remove_hop_by_hop(&mut parts.headers, switching);
-    // The upstream's protocol version is its own business; hyper speaks the client's.
-    parts.version = Version::default();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     let body = if switching {
+        if let (Some(client), Some((upstream, early))) = (client_upgrade, body.into_tunnel()) {
+            tunnel(client, upstream, early);
+        }
         ClientBody::empty()
     } else {
         ClientBody::upstream(body)
     };
+    rt.metrics.response(backend, parts.status);
+    remove_hop_by_hop(&mut parts.headers, switching);
+    // The upstream's protocol version is its own business; hyper speaks the client's.
+    parts.version = Version::default();
     Response::from_parts(parts, body)
 }
 
@@ -291,17 +232,21 @@ fn respond_kept(rt: &RouteRuntime, kept: KeptAnswer) -> Response<ClientBody> {
 }
 
 /// Copies bytes both ways once client and upstream have both switched protocols.
-fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+fn tunnel(client: OnUpgrade, mut upstream: tokio::net::TcpStream, early: Bytes) {
     tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(both) => both,
+        let client = match client.await {
+            Ok(client) => client,
             Err(err) => {
                 tracing::debug!(error = %err, "upgrade failed");
                 return;
             }
         };
         let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
+        // Bytes the backend sent right behind its 101 head belong to the new protocol.
+        if let Err(err) = client.write_all(&early).await {
+            tracing::debug!(error = %err, "tunnel closed");
+            return;
+        }
         if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             tracing::debug!(error = %err, "tunnel closed");
         }

@@ -37,7 +37,7 @@ pub enum ProxyError {
         timed_out: bool,
         /// The connection error.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: super::upstream::UpstreamError,
     },
     /// A Service backend has no ready endpoint.
     #[error("the {0:?} backend has no ready endpoints")]

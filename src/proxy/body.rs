@@ -49,7 +49,8 @@ pub async fn read_request_body(
             body,
         )));
     }
-    tokio::time::timeout(timeout, buffer(body, limit))
+    // Boxed: kept out of the request future, which every bodyless request moves around.
+    Box::pin(tokio::time::timeout(timeout, buffer(body, limit)))
         .await
         .map_err(|_| ProxyError::ClientBodyTimeout)?
         .map_err(ProxyError::ClientBody)

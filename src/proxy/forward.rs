@@ -63,7 +63,7 @@ pub(super) async fn forward(
                 return Err(err);
             };
             rt.metrics.fallback_on_error();
-            let resp = send_fallback(rt, route, parts, replay).await?;
+            let resp = Box::pin(send_fallback(rt, route, parts, replay)).await?;
             return Ok(respond(rt, Answerer::Fallback, resp, client_upgrade));
         }
         Err(err) => return Err(err),
@@ -74,6 +74,19 @@ pub(super) async fn forward(
         return Ok(respond(rt, Answerer::Primary, primary, client_upgrade));
     };
     rt.metrics.fallback_on_status();
+    // Boxed: a primary hit, the hot path, then moves a much smaller future around.
+    Box::pin(fall_back(rt, route, parts, primary, replay, client_upgrade)).await
+}
+
+/// The primary answered a `fallbackOn` status: the same request goes to the fallback.
+async fn fall_back(
+    rt: &RouteRuntime,
+    route: &Route,
+    parts: Parts,
+    primary: Response<ResponseBody>,
+    replay: UpstreamBody,
+    client_upgrade: Option<OnUpgrade>,
+) -> Result<Response<ClientBody>, ProxyError> {
     let kept = keep_primary_answer(route, primary).await;
     let fallback = send_fallback(rt, route, parts, replay).await?;
     match kept {

@@ -93,10 +93,12 @@ pub async fn serve_workers(
                     let tls_stopped = async move {
                         let _ = tls_stop_rx.wait_for(|stop| *stop).await;
                     };
+                    let housekeeping = tokio::spawn(super::upstream::housekeeping());
                     let (plain, secure) = tokio::join!(
                         serve(proxy.clone(), listener, None, stopped, grace),
                         serve(proxy, tls_listener, Some(tls), tls_stopped, grace),
                     );
+                    housekeeping.abort();
                     if plain == Drained::Clean && secure == Drained::Clean {
                         Drained::Clean
                     } else {

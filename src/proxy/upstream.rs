@@ -44,7 +44,7 @@ const READ_CHUNK: usize = 8 * 1024;
 const COALESCE_BYTES: usize = 16 * 1024;
 /// Idle connections kept per endpoint and thread (nginx's `keepalive 128` per worker).
 const MAX_IDLE_PER_ENDPOINT: usize = 128;
-/// How often the idle connections of all endpoints are swept for expiry.
+/// How often a worker closes the idle connections whose idle timeout expired.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Why an upstream exchange failed.
@@ -111,7 +111,6 @@ struct IdleConn {
 #[derive(Default)]
 struct Pool {
     idle: HashMap<Authority, Vec<IdleConn>>,
-    last_sweep: Option<Instant>,
 }
 
 thread_local! {
@@ -140,16 +139,30 @@ impl Pool {
             idle.remove(0);
         }
         idle.push(IdleConn { conn, expires });
-        if self
-            .last_sweep
-            .is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY)
-        {
-            self.last_sweep = Some(now);
-            self.idle.retain(|_, conns| {
-                conns.retain(|c| c.expires > now);
-                !conns.is_empty()
-            });
-        }
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        self.idle.retain(|_, conns| {
+            conns.retain(|c| c.expires > now);
+            !conns.is_empty()
+        });
+    }
+}
+
+/// A worker thread's housekeeping, run for as long as the worker: closes idle upstream
+/// connections once their idle timeout has passed.
+///
+/// Its one-second tick matters beyond that. Tokio's timer wakes its driver through an
+/// eventfd whenever a timer is armed earlier than the driver's next planned wake-up; with
+/// no other timer pending, that is every request's header and response timeout: one
+/// more write and epoll round trip per request or so. A tick always due within a second
+/// keeps those 30- and 60-second deadlines later than the next wake-up.
+pub async fn housekeeping() {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        POOL.with(|pool| pool.borrow_mut().sweep(Instant::now()));
     }
 }
 
@@ -223,7 +236,8 @@ pub async fn send(
     let pooled = POOL.with(|pool| pool.borrow_mut().checkout(endpoint, Instant::now()));
     let conn = match pooled {
         Some(conn) => conn,
-        None => connect(endpoint, connect_timeout, idle).await?,
+        // Boxed, like every rare path here: the request future stays small.
+        None => Box::pin(connect(endpoint, connect_timeout, idle)).await?,
     };
     let retry = if conn.reused && is_idempotent(&head.method) {
         body.replay()
@@ -235,8 +249,10 @@ pub async fn send(
         Err(Failed { error, answered }) => match retry {
             Some(body) if !answered => {
                 tracing::debug!(%endpoint, %error, "pooled connection was stale; retrying on a new one");
-                let conn = connect(endpoint, connect_timeout, idle).await?;
-                exchange(conn, head, body).await.map_err(|f| f.error)
+                let conn = Box::pin(connect(endpoint, connect_timeout, idle)).await?;
+                Box::pin(exchange(conn, head, body))
+                    .await
+                    .map_err(|f| f.error)
             }
             _ => Err(error),
         },
@@ -283,8 +299,19 @@ enum Framing {
 async fn write_request(
     conn: &mut Conn,
     head: &Parts,
-    mut body: UpstreamBody,
+    body: UpstreamBody,
 ) -> Result<(), UpstreamError> {
+    let (out, framing) = encode_head(head, &body);
+    match framing {
+        None => conn.stream.write_all(&out).await.map_err(UpstreamError::Io),
+        // Boxed: most requests have no body, and their future stays small.
+        Some(framing) => Box::pin(write_body(conn, out, framing, body)).await,
+    }
+}
+
+/// The request head in HTTP/1.1 wire form, and how the body that follows is framed
+/// (`None`: no body).
+fn encode_head(head: &Parts, body: &UpstreamBody) -> (BytesMut, Option<Framing>) {
     let mut out = BytesMut::with_capacity(1024);
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
@@ -310,20 +337,30 @@ async fn write_request(
             {
                 out.extend_from_slice(b"content-length: 0\r\n");
             }
-            out.extend_from_slice(b"\r\n");
-            return conn.stream.write_all(&out).await.map_err(UpstreamError::Io);
+            None
         }
         Some(len) => {
             out.extend_from_slice(b"content-length: ");
             out.extend_from_slice(len.to_string().as_bytes());
-            out.extend_from_slice(b"\r\n\r\n");
-            Framing::Length
+            out.extend_from_slice(b"\r\n");
+            Some(Framing::Length)
         }
         None => {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-            Framing::Chunked
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Some(Framing::Chunked)
         }
     };
+    out.extend_from_slice(b"\r\n");
+    (out, framing)
+}
+
+/// Writes the head in `out` and the body behind it; small bodies go in the same write.
+async fn write_body(
+    conn: &mut Conn,
+    mut out: BytesMut,
+    framing: Framing,
+    mut body: UpstreamBody,
+) -> Result<(), UpstreamError> {
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(UpstreamError::RequestBody)?;

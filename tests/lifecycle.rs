@@ -105,15 +105,14 @@ async fn an_invalid_reload_keeps_the_previous_routes_serving() {
         "python",
         "the previous table still serves"
     );
-    let logged = ft
-        .log()
-        .into_iter()
-        .any(|l| l.contains("routes.yaml:1:") && l.contains("fallbackOn status 200"));
-    assert!(
-        logged,
-        "the error names file, line and problem: {:?}",
+    // The log arrives through a pipe, maybe after the metric: wait for it.
+    wait_for("the error naming file, line and problem in the log", || {
         ft.log()
-    );
+            .into_iter()
+            .any(|l| l.contains("routes.yaml:1:") && l.contains("fallbackOn status 200"))
+            .then_some(())
+    })
+    .await;
 
     // A fixed file recovers.
     ft.write_routes(&good);

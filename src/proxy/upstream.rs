@@ -16,7 +16,6 @@
 //! per-worker `keepalive`), so nothing is shared between threads.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -110,7 +109,9 @@ struct IdleConn {
 
 #[derive(Default)]
 struct Pool {
-    idle: HashMap<Authority, Vec<IdleConn>>,
+    /// By endpoint (`host:port`); a plain string key, hashed cheaply, as it is hashed
+    /// twice per request.
+    idle: rustc_hash::FxHashMap<Box<str>, Vec<IdleConn>>,
 }
 
 thread_local! {
@@ -120,7 +121,7 @@ thread_local! {
 impl Pool {
     /// The most recently used idle connection that is still open, if any.
     fn checkout(&mut self, endpoint: &Authority, now: Instant) -> Option<Conn> {
-        let idle = self.idle.get_mut(endpoint)?;
+        let idle = self.idle.get_mut(endpoint.as_str())?;
         while let Some(entry) = idle.pop() {
             if entry.expires > now && still_open(&entry.conn.stream) {
                 let mut conn = entry.conn;
@@ -133,7 +134,13 @@ impl Pool {
 
     fn checkin(&mut self, conn: Conn, now: Instant) {
         let expires = now + conn.idle;
-        let idle = self.idle.entry(conn.endpoint.clone()).or_default();
+        let key = conn.endpoint.as_str();
+        if !self.idle.contains_key(key) {
+            self.idle.insert(key.into(), Vec::new());
+        }
+        let Some(idle) = self.idle.get_mut(key) else {
+            return;
+        };
         if idle.len() >= MAX_IDLE_PER_ENDPOINT {
             // The oldest goes: the busiest connections stay warm.
             idle.remove(0);

@@ -937,92 +937,88 @@ mod tests {
     #[test]
     fn response_framing_follows_rfc_9112() {
         let framing = |wire: &str, method| match head(wire, method) {
-            Ok(Some(Parsed::Final(_, framing, keep_alive))) => (
-                match framing {
-                    BodyFraming::Length(n) => format!("length {n}"),
-                    BodyFraming::Chunked(_) => "chunked".into(),
-                    BodyFraming::UntilClose => "close".into(),
-                    BodyFraming::Switched => "switched".into(),
-                },
-                keep_alive,
-            ),
-            Ok(_) => ("incomplete".into(), false),
-            Err(e) => (format!("error: {e}"), false),
+            Ok(Some(Parsed::Final(_, framing, keep_alive))) => match framing {
+                BodyFraming::Length(n) => format!("length {n}, keep-alive {keep_alive}"),
+                BodyFraming::Chunked(_) => format!("chunked, keep-alive {keep_alive}"),
+                BodyFraming::UntilClose => format!("until close, keep-alive {keep_alive}"),
+                BodyFraming::Switched => "switched".into(),
+            },
+            Ok(Some(Parsed::Informational)) => "informational".into(),
+            Ok(None) => "incomplete".into(),
+            Err(_) => "error".into(),
         };
-        let ok = |s: &str| (s.to_string(), true);
-        assert_eq!(
-            framing("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n", Method::GET),
-            ok("length 12")
-        );
-        assert_eq!(
-            framing(
+        let get = Method::GET;
+        let cases = [
+            (
                 "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n",
-                Method::HEAD
+                &get,
+                "length 12, keep-alive true",
             ),
-            ok("length 0")
-        );
-        assert_eq!(
-            framing("HTTP/1.1 204 No Content\r\n\r\n", Method::GET),
-            ok("length 0")
-        );
-        assert_eq!(
-            framing(
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n",
+                &Method::HEAD,
+                "length 0, keep-alive true",
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\n\r\n",
+                &get,
+                "length 0, keep-alive true",
+            ),
+            (
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
-                Method::GET
+                &get,
+                "chunked, keep-alive true",
             ),
-            ok("chunked")
-        );
-        assert_eq!(
-            framing(
+            // Both framings: Transfer-Encoding wins and the connection is not reused.
+            (
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
-                Method::GET
+                &get,
+                "chunked, keep-alive false",
             ),
-            ("chunked".into(), false)
-        );
-        assert_eq!(
-            framing("HTTP/1.1 200 OK\r\n\r\n", Method::GET),
-            ("close".into(), false)
-        );
-        assert_eq!(
-            framing(
+            (
+                "HTTP/1.1 200 OK\r\n\r\n",
+                &get,
+                "until close, keep-alive false",
+            ),
+            (
                 "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
-                Method::GET
+                &get,
+                "length 1, keep-alive false",
             ),
-            ("length 1".into(), false)
-        );
-        assert_eq!(
-            framing("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", Method::GET),
-            ("length 1".into(), false)
-        );
-        assert!(framing(
-            "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
-            Method::GET
-        )
-        .0
-        .starts_with("error"));
-        assert!(
-            framing("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", Method::GET)
-                .0
-                .starts_with("error")
-        );
-        assert_eq!(
-            framing("HTTP/1.1 200 OK\r\ncontent-le", Method::GET).0,
-            "incomplete"
-        );
-        assert!(matches!(
-            head(
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n",
+                &get,
+                "length 1, keep-alive false",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+                &get,
+                "error",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+                &get,
+                "error",
+            ),
+            ("HTTP/1.1 200 OK\r\ncontent-le", &get, "incomplete"),
+            (
                 "HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n",
-                Method::GET
+                &get,
+                "informational",
             ),
-            Ok(Some(Parsed::Informational))
-        ));
-        assert_eq!(
-            framing(
+            (
                 "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
-                Method::GET
+                &get,
+                "switched",
             ),
-            ("switched".into(), false)
-        );
+        ];
+        for (wire, method, expected) in cases {
+            assert_eq!(
+                framing(wire, method.clone()),
+                expected,
+                "{wire:?} to {method}"
+            );
+        }
     }
 
     #[test]

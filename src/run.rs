@@ -146,12 +146,14 @@ async fn serve_files(args: RunArgs, path: PathBuf) -> Result<(), RunError> {
         RunError::InvalidRoutes(errors.len())
     })?;
     tracing::info!(routes = loaded.routes.len(), certificates = loaded.certs.len(), path = %path.display(), "routes loaded");
+    // Right after reading, before anyone is told we are ready: a certificate rotated from
+    // then on differs from this and is picked up by the first poll.
+    let certs_seen = cert_fingerprint(&loaded, default_cert.as_ref());
     publish(&proxy, &metrics, loaded.routes.clone());
     publish_certs(&proxy, &metrics, &loaded, default_cert.as_ref());
     metrics.reloaded(true);
 
     let (http, admin) = bind_both(&args).await?;
-    readiness.set_loaded();
 
     let (changed_tx, changed_rx) = mpsc::channel(1);
     // Without file events (e.g. inotify limits) SIGHUP still reloads.
@@ -168,8 +170,11 @@ async fn serve_files(args: RunArgs, path: PathBuf) -> Result<(), RunError> {
             metrics: metrics.clone(),
         },
         loaded,
+        certs_seen,
         changed_rx,
     ));
+    // Ready only once changes are watched: a file written after /readyz said 200 is seen.
+    readiness.set_loaded();
 
     serve_until_stopped(&args, proxy, metrics, readiness, http, admin).await
 }
@@ -388,11 +393,24 @@ fn cert_fingerprint(loaded: &files::Loaded, default: Option<&DefaultCert>) -> Fi
         .collect()
 }
 
-async fn reload_loop(r: Reloader, mut serving: files::Loaded, mut changed_rx: mpsc::Receiver<()>) {
+/// The certificate and key files a load read, in order.
+fn cert_files(loaded: &files::Loaded) -> Vec<(&std::path::Path, &std::path::Path)> {
+    loaded
+        .certs
+        .iter()
+        .map(|c| (c.cert_file.as_path(), c.key_file.as_path()))
+        .collect()
+}
+
+async fn reload_loop(
+    r: Reloader,
+    mut serving: files::Loaded,
+    mut certs_seen: Fingerprint,
+    mut changed_rx: mpsc::Receiver<()>,
+) {
     // Certificates may live outside the watched directory (cert-manager, mounted
     // Secrets): their files are polled so a renewal is served within a second.
     let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut certs_seen = cert_fingerprint(&serving, r.default_cert.as_ref());
     loop {
         tokio::select! {
             changed = changed_rx.recv() => {
@@ -411,6 +429,9 @@ async fn reload_loop(r: Reloader, mut serving: files::Loaded, mut changed_rx: mp
                 tracing::info!("a certificate file changed; reloading");
             }
         }
+        // Taken before the files are read, so a rotation that lands during the read (a
+        // new certificate next to the old key, say) still differs at the next poll.
+        let before = cert_fingerprint(&serving, r.default_cert.as_ref());
         let (load_path, defaults) = (r.path.clone(), r.defaults);
         // File reads and YAML parsing stay off the proxy's worker threads.
         let loaded = tokio::task::spawn_blocking(move || files::load(&load_path, defaults)).await;
@@ -422,7 +443,11 @@ async fn reload_loop(r: Reloader, mut serving: files::Loaded, mut changed_rx: mp
                     publish(&r.proxy, &r.metrics, loaded.routes.clone());
                 }
                 publish_certs(&r.proxy, &r.metrics, &loaded, r.default_cert.as_ref());
-                certs_seen = cert_fingerprint(&loaded, r.default_cert.as_ref());
+                certs_seen = if cert_files(&loaded) == cert_files(&serving) {
+                    before
+                } else {
+                    cert_fingerprint(&loaded, r.default_cert.as_ref())
+                };
                 serving = loaded;
             }
             Ok(Err(errors)) => {

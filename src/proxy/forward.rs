@@ -63,7 +63,7 @@ pub(super) async fn forward(
                 return Err(err);
             };
             rt.metrics.fallback_on_error();
-            let resp = Box::pin(send_fallback(rt, route, parts, replay)).await?;
+            let resp = Box::pin(send_fallback(rt, route, &parts, replay)).await?;
             return Ok(respond(rt, Answerer::Fallback, resp, client_upgrade));
         }
         Err(err) => return Err(err),
@@ -75,14 +75,22 @@ pub(super) async fn forward(
     };
     rt.metrics.fallback_on_status();
     // Boxed: a primary hit, the hot path, then moves a much smaller future around.
-    Box::pin(fall_back(rt, route, parts, primary, replay, client_upgrade)).await
+    Box::pin(fall_back(
+        rt,
+        route,
+        &parts,
+        primary,
+        replay,
+        client_upgrade,
+    ))
+    .await
 }
 
 /// The primary answered a `fallbackOn` status: the same request goes to the fallback.
 async fn fall_back(
     rt: &RouteRuntime,
     route: &Route,
-    parts: Parts,
+    parts: &Parts,
     primary: Response<ResponseBody>,
     replay: UpstreamBody,
     client_upgrade: Option<OnUpgrade>,
@@ -98,15 +106,15 @@ async fn fall_back(
     }
 }
 
-/// The same request, replayed to the fallback: its last attempt, so `parts` is consumed.
+/// The same request (head and replayed body), sent to the fallback.
 async fn send_fallback(
     rt: &RouteRuntime,
     route: &Route,
-    parts: Parts,
+    parts: &Parts,
     replay: UpstreamBody,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let endpoint = pick(rt, &route.fallback, Answerer::Fallback)?;
-    send(rt, route, Answerer::Fallback, endpoint, &parts, replay).await
+    send(rt, route, Answerer::Fallback, endpoint, parts, replay).await
 }
 
 /// A primary response read (in part) while the fallback is asked.

@@ -170,6 +170,29 @@ async fn every_response_framing_reaches_the_client_intact() {
 }
 
 #[tokio::test]
+async fn chunked_answers_carry_trailers_to_clients_that_accept_them() {
+    let php = scripted(framings).await;
+    let ft = Fallthrough::start(&route("shop", &php.url, &php.url, "")).await;
+    let mut conn = RawConn::open(ft.http).await;
+    for (te, trailers) in [
+        ("", vec![]),
+        ("TE: trailers\r\n", vec![("x-checksum", "7")]),
+    ] {
+        conn.write(format!("GET /chunked HTTP/1.1\r\nHost: shop\r\n{te}\r\n").as_bytes())
+            .await;
+        let resp = conn.response(false).await;
+        assert!(resp.chunked, "a body of unknown length is chunked");
+        assert_eq!(resp.body, b"hello world");
+        let got: Vec<_> = resp
+            .trailers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(got, trailers, "with {te:?}");
+    }
+}
+
+#[tokio::test]
 async fn malformed_backend_answers_are_502_with_a_plain_body() {
     let php = scripted(framings).await;
     let py = backend("py").start().await;

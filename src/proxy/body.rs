@@ -1,6 +1,6 @@
 //! Request and response bodies on their way through the proxy.
 //!
-//! In: the client's request body (`Incoming`) and upstream response bodies.
+//! In: the client's request body (`Incoming`, or none) and upstream response bodies.
 //! Out: [`UpstreamBody`], a request body that can be sent again when it was small enough
 //! to buffer (the replay), and [`ClientBody`], what streams back to the client.
 //! Bodies over the replay limit are never truncated: what was read so far is chained in
@@ -36,13 +36,13 @@ pub enum RequestBody {
 /// to be larger while reading keeps the read part and streams the rest. Bodyless
 /// requests (most of them) return at once, without arming a timer.
 pub async fn read_request_body(
-    body: Incoming,
+    body: Option<Incoming>,
     limit: u64,
     timeout: std::time::Duration,
 ) -> Result<RequestBody, ProxyError> {
-    if body.is_end_stream() {
+    let Some(body) = body.filter(|b| !b.is_end_stream()) else {
         return Ok(RequestBody::Replayable(UpstreamBody::empty()));
-    }
+    };
     if body.size_hint().lower() > limit {
         return Ok(RequestBody::Streaming(UpstreamBody::stream(
             VecDeque::new(),

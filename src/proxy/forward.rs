@@ -30,7 +30,7 @@ const PRIMARY_BODY_KEEP: usize = 64 * 1024;
 pub(super) async fn forward(
     route: &Route,
     rt: &RouteRuntime,
-    mut req: Request<Incoming>,
+    mut req: Request<Option<Incoming>>,
     conn: &ConnInfo,
     body_timeout: Duration,
 ) -> Result<Response<ClientBody>, ProxyError> {

@@ -9,7 +9,6 @@
 //! told to close) for up to the grace period, and what is left after that is dropped.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,10 +35,13 @@ fn handshake_reason(err: &std::io::Error) -> &'static str {
     }
 }
 
-use super::{ConnInfo, Proxy};
+use super::{http1, ConnInfo, Proxy};
 
 /// Largest request head accepted; larger ones get 431.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// How often a worker does its housekeeping.
+const TICK_EVERY: Duration = Duration::from_secs(1);
 
 /// How draining ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -68,7 +70,7 @@ pub async fn serve_workers(
         let tls_socket = shared_tls.try_clone()?;
         let tls = tls.clone();
         let (done_tx, done_rx) = oneshot::channel();
-        let (proxy, mut stop_rx) = (proxy.clone(), stop_rx.clone());
+        let (proxy, stop_rx) = (proxy.clone(), stop_rx.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -86,17 +88,10 @@ pub async fn serve_workers(
                             return Drained::Clean;
                         }
                     };
-                    let mut tls_stop_rx = stop_rx.clone();
-                    let stopped = async move {
-                        let _ = stop_rx.wait_for(|stop| *stop).await;
-                    };
-                    let tls_stopped = async move {
-                        let _ = tls_stop_rx.wait_for(|stop| *stop).await;
-                    };
-                    let housekeeping = tokio::spawn(super::upstream::housekeeping());
+                    let housekeeping = tokio::spawn(housekeeping());
                     let (plain, secure) = tokio::join!(
-                        serve(proxy.clone(), listener, None, stopped, grace),
-                        serve(proxy, tls_listener, Some(tls), tls_stopped, grace),
+                        serve(proxy.clone(), listener, None, stop_rx.clone(), grace),
+                        serve(proxy, tls_listener, Some(tls), stop_rx, grace),
                     );
                     housekeeping.abort();
                     if plain == Drained::Clean && secure == Drained::Clean {
@@ -120,15 +115,38 @@ pub async fn serve_workers(
     Ok(result)
 }
 
-/// Serves connections (over TLS when `tls` is given) until `shutdown` resolves, then
+/// A worker thread's housekeeping, run for as long as the worker: once a second it
+/// closes idle upstream connections whose idle timeout has passed and refreshes the
+/// cached `Date` header.
+///
+/// The tick matters beyond that. Tokio's timer wakes its driver through an eventfd
+/// whenever a timer is armed earlier than the driver's next planned wake-up; with no
+/// other timer pending, that is every request's response timeout: one more write and
+/// epoll round trip per request or so. A tick always due within a second keeps those
+/// 60-second deadlines later than the next wake-up.
+async fn housekeeping() {
+    let mut tick = tokio::time::interval(TICK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        super::upstream::sweep_idle(std::time::Instant::now());
+        super::http1::refresh_date();
+    }
+}
+
+/// Serves connections (over TLS when `tls` is given) until `stop` turns true, then
 /// drains for up to `grace`.
-pub async fn serve(
+async fn serve(
     proxy: Arc<Proxy>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    shutdown: impl Future<Output = ()>,
+    stop: watch::Receiver<bool>,
     grace: Duration,
 ) -> Drained {
+    let mut stop_accepting = stop.clone();
+    let shutdown = async move {
+        let _ = stop_accepting.wait_for(|stop| *stop).await;
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -160,16 +178,25 @@ pub async fn serve(
                 let service = service_fn(move |req| {
                     let proxy = service_proxy.clone();
                     let info = info.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
+                    async move { Ok::<_, Infallible>(proxy.handle(req.map(Some), &info).await) }
                 });
                 match &tls {
                     None => {
-                        let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                            .into_owned();
-                        let conn = graceful.watch(conn);
+                        // Plain requests are served by `http1`; hyper takes over the
+                        // connection at the first request that is anything else. The
+                        // watcher makes draining wait for the connection either way.
+                        let watcher = graceful.watcher();
+                        let (proxy, builder, stop) = (proxy.clone(), builder.clone(), stop.clone());
                         tokio::spawn(async move {
-                            if let Err(err) = conn.await {
+                            let mut stream = stream;
+                            let info = ConnInfo::new(peer, false);
+                            let read = match http1::serve(&proxy, &mut stream, &info, &stop).await {
+                                http1::Served::Closed => return,
+                                http1::Served::HandOff(read) => read,
+                            };
+                            let io = TokioIo::new(http1::Rewound::new(read, stream));
+                            let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+                            if let Err(err) = watcher.watch(conn).await {
                                 tracing::debug!(error = %err, %peer, "client connection ended with an error");
                             }
                         });

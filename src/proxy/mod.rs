@@ -1,7 +1,7 @@
 //! The data plane: accepts client requests and answers them from the primary or fallback.
 //!
 //! In: route tables published by a provider ([`Proxy::publish`]) and client connections
-//! ([`listener::serve`]).
+//! ([`listener::serve_workers`]).
 //! Out: responses to clients, upstream requests, and metrics.
 //! Request phases: pick route → read (and maybe buffer) the body → primary → decide on
 //! its response head → maybe fallback → stream the chosen response. Nothing is sent to
@@ -10,6 +10,7 @@
 pub mod body;
 mod forward;
 pub mod headers;
+mod http1;
 pub mod listener;
 pub mod rescue;
 mod upstream;
@@ -122,8 +123,13 @@ impl Proxy {
         self.snapshot.store(Arc::new(Snapshot { table, runtimes }));
     }
 
-    /// Handles one client request; never fails, errors become responses.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ClientBody> {
+    /// Handles one client request; never fails, errors become responses. The body is
+    /// `None` for requests the lean HTTP/1.1 path read, which never have one.
+    pub async fn handle(
+        &self,
+        req: Request<Option<Incoming>>,
+        conn: &ConnInfo,
+    ) -> Response<ClientBody> {
         let started = Instant::now();
         let snapshot = self.snapshot.load_full();
         if req.method() == Method::CONNECT {

@@ -43,8 +43,6 @@ const READ_CHUNK: usize = 8 * 1024;
 const COALESCE_BYTES: usize = 16 * 1024;
 /// Idle connections kept per endpoint and thread (nginx's `keepalive 128` per worker).
 const MAX_IDLE_PER_ENDPOINT: usize = 128;
-/// How often a worker closes the idle connections whose idle timeout expired.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -156,21 +154,10 @@ impl Pool {
     }
 }
 
-/// A worker thread's housekeeping, run for as long as the worker: closes idle upstream
-/// connections once their idle timeout has passed.
-///
-/// Its one-second tick matters beyond that. Tokio's timer wakes its driver through an
-/// eventfd whenever a timer is armed earlier than the driver's next planned wake-up; with
-/// no other timer pending, that is every request's header and response timeout: one
-/// more write and epoll round trip per request or so. A tick always due within a second
-/// keeps those 30- and 60-second deadlines later than the next wake-up.
-pub async fn housekeeping() {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        POOL.with(|pool| pool.borrow_mut().sweep(Instant::now()));
-    }
+/// Closes this thread's idle upstream connections whose idle timeout has passed; the
+/// worker's housekeeping tick calls it.
+pub(super) fn sweep_idle(now: Instant) {
+    POOL.with(|pool| pool.borrow_mut().sweep(now));
 }
 
 /// Whether an idle connection can take a request: the peer has neither closed it nor
@@ -444,18 +431,28 @@ async fn read_response(mut conn: Conn, method: &Method) -> Result<Response<Respo
 
 /// Reads what the socket has into the connection's buffer: `Ok(0)` at end of stream.
 fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-    if conn.buf.capacity() - conn.buf.len() < READ_CHUNK / 4 {
-        conn.buf.reserve(READ_CHUNK);
+    poll_read_into(&conn.stream, &mut conn.buf, cx)
+}
+
+/// Reads what `stream` has into `buf`, growing it by [`READ_CHUNK`] when nearly full:
+/// `Ok(0)` at end of stream.
+pub(super) fn poll_read_into(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
     }
     loop {
-        ready!(conn.stream.poll_read_ready(cx))?;
-        let spare = conn.buf.capacity() - conn.buf.len();
-        match conn.stream.try_read_buf(&mut conn.buf) {
+        ready!(stream.poll_read_ready(cx))?;
+        let spare = buf.capacity() - buf.len();
+        match stream.try_read_buf(buf) {
             Ok(n) => {
                 if n > 0 && n < spare {
                     // A short read drained the socket (what nginx assumes too): forget
                     // the readiness now rather than pay a read that would block later.
-                    let _ = conn.stream.try_io(Interest::READABLE, || {
+                    let _ = stream.try_io(Interest::READABLE, || {
                         Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
                     });
                 }

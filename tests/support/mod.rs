@@ -433,3 +433,137 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A response as read off the wire by [`RawConn`].
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Trailer fields of a chunked body.
+    pub trailers: Vec<(String, String)>,
+    /// Whether the body was chunked on the wire.
+    pub chunked: bool,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One client connection speaking raw HTTP/1.1, for what a client library hides:
+/// pipelining, framing on the wire, when the server closes.
+pub struct RawConn {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    pub async fn open(addr: SocketAddr) -> RawConn {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads more bytes; false at end of stream.
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(DEADLINE, self.stream.read(&mut chunk))
+            .await
+            .expect("the server answers or closes within the deadline")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    async fn line(&mut self) -> String {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                return line;
+            }
+            assert!(self.fill().await, "connection closed mid-response");
+        }
+    }
+
+    async fn fields(&mut self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        loop {
+            let line = self.line().await;
+            if line.is_empty() {
+                return out;
+            }
+            let (name, value) = line.split_once(':').expect("a header line");
+            out.push((name.to_ascii_lowercase(), value.trim().to_string()));
+        }
+    }
+
+    async fn take(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(self.fill().await, "connection closed mid-body");
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// Reads the next response; `head_request` when it answers a HEAD (no body follows).
+    pub async fn response(&mut self, head_request: bool) -> RawResponse {
+        let status_line = self.line().await;
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("a status line: {status_line:?}"));
+        let headers = self.fields().await;
+        let mut resp = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+            trailers: Vec::new(),
+            chunked: false,
+        };
+        if head_request || status == 204 || status == 304 {
+            return resp;
+        }
+        if resp.header("transfer-encoding") == Some("chunked") {
+            resp.chunked = true;
+            loop {
+                let size = self.line().await;
+                let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16)
+                    .expect("a chunk size");
+                if size == 0 {
+                    resp.trailers = self.fields().await;
+                    return resp;
+                }
+                let chunk = self.take(size + 2).await;
+                resp.body.extend_from_slice(&chunk[..size]);
+            }
+        }
+        let length: usize = resp
+            .header("content-length")
+            .expect("a response with neither length nor chunking")
+            .parse()
+            .unwrap();
+        resp.body = self.take(length).await;
+        resp
+    }
+
+    /// Waits for the server to close the connection (discarding anything unread);
+    /// panics if it is still open after the deadline.
+    pub async fn wait_closed(&mut self) {
+        while self.fill().await {}
+    }
+}

@@ -195,7 +195,7 @@ async fn send(
     let started = Instant::now();
     let t = &route.timeouts;
     let exchange = upstream::send(endpoint, t.connect, t.idle, head, body);
-    let result = tokio::time::timeout(t.response_header, exchange).await;
+    let result = tokio::time::timeout_at((started + t.response_header).into(), exchange).await;
     rt.metrics.upstream_attempt(backend, started.elapsed());
     let err = match result {
         Ok(Ok(resp)) => return Ok(resp),

@@ -17,6 +17,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -95,6 +96,9 @@ struct Conn {
     stream: TcpStream,
     /// Bytes read from the socket and not yet consumed.
     buf: BytesMut,
+    /// The request being written; kept with the connection so a request costs no
+    /// buffer allocation.
+    out: Vec<u8>,
     endpoint: Authority,
     idle: Duration,
     reused: bool,
@@ -209,6 +213,7 @@ async fn connect(
     Ok(Conn {
         stream,
         buf: BytesMut::new(),
+        out: Vec::new(),
         endpoint: endpoint.clone(),
         idle,
         reused: false,
@@ -295,18 +300,22 @@ async fn write_request(
     head: &Parts,
     body: UpstreamBody,
 ) -> Result<(), UpstreamError> {
-    let (out, framing) = encode_head(head, &body);
+    let framing = encode_head(head, &body, &mut conn.out);
     match framing {
-        None => conn.stream.write_all(&out).await.map_err(UpstreamError::Io),
+        None => conn
+            .stream
+            .write_all(&conn.out)
+            .await
+            .map_err(UpstreamError::Io),
         // Boxed: most requests have no body, and their future stays small.
-        Some(framing) => Box::pin(write_body(conn, out, framing, body)).await,
+        Some(framing) => Box::pin(write_body(conn, framing, body)).await,
     }
 }
 
-/// The request head in HTTP/1.1 wire form, and how the body that follows is framed
-/// (`None`: no body).
-fn encode_head(head: &Parts, body: &UpstreamBody) -> (BytesMut, Option<Framing>) {
-    let mut out = BytesMut::with_capacity(1024);
+/// Writes the request head in HTTP/1.1 wire form into `out`; how the body that follows
+/// is framed (`None`: no body).
+fn encode_head(head: &Parts, body: &UpstreamBody, out: &mut Vec<u8>) -> Option<Framing> {
+    out.clear();
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -345,16 +354,17 @@ fn encode_head(head: &Parts, body: &UpstreamBody) -> (BytesMut, Option<Framing>)
         }
     };
     out.extend_from_slice(b"\r\n");
-    (out, framing)
+    framing
 }
 
-/// Writes the head in `out` and the body behind it; small bodies go in the same write.
+/// Writes the head in the connection's `out` and the body behind it; small bodies go
+/// in the same write.
 async fn write_body(
     conn: &mut Conn,
-    mut out: BytesMut,
     framing: Framing,
     mut body: UpstreamBody,
 ) -> Result<(), UpstreamError> {
+    let Conn { stream, out, .. } = conn;
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(UpstreamError::RequestBody)?;
@@ -374,9 +384,9 @@ async fn write_body(
         if out.len() + data.len() <= COALESCE_BYTES {
             out.extend_from_slice(&data);
         } else {
-            conn.stream.write_all(&out).await?;
+            stream.write_all(out).await?;
             out.clear();
-            conn.stream.write_all(&data).await?;
+            stream.write_all(&data).await?;
         }
         if let Framing::Chunked = framing {
             out.extend_from_slice(b"\r\n");
@@ -393,7 +403,7 @@ async fn write_body(
         out.extend_from_slice(b"\r\n");
     }
     if !out.is_empty() {
-        conn.stream.write_all(&out).await?;
+        stream.write_all(out).await?;
     }
     Ok(())
 }
@@ -473,9 +483,15 @@ enum Parsed {
 /// Parses a complete response head at the front of `buf`, consuming it; `None` when more
 /// bytes are needed.
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, UpstreamError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    // Neither array is initialised header by header: a response has a handful.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut ranges = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
             return Err(UpstreamError::Malformed("response head too large"))
@@ -499,20 +515,18 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Ups
         return Ok(Some(Parsed::Informational));
     }
     // Header values share the head's buffer instead of being copied one by one.
-    let offsets: Vec<(HeaderName, usize, usize)> = {
-        let base = buf.as_ptr() as usize;
-        let mut out = Vec::with_capacity(parsed.headers.len());
-        for h in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| UpstreamError::Malformed("invalid header name"))?;
-            let start = h.value.as_ptr() as usize - base;
-            out.push((name, start, start + h.value.len()));
-        }
-        out
-    };
+    let count = parsed.headers.len();
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| s.as_ptr() as usize - base;
+    for (h, range) in parsed.headers.iter().zip(ranges.iter_mut()) {
+        let (name, value) = (at(h.name.as_bytes()), at(h.value));
+        *range = (name, name + h.name.len(), value, value + h.value.len());
+    }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(offsets.len());
-    for (name, start, end) in offsets {
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, ne, start, end) in &ranges[..count] {
+        let name = HeaderName::from_bytes(&head[ns..ne])
+            .map_err(|_| UpstreamError::Malformed("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| UpstreamError::Malformed("invalid header value"))?;
         headers.append(name, value);

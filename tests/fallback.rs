@@ -289,6 +289,50 @@ async fn a_slow_upstream_is_504() {
 }
 
 #[tokio::test]
+async fn routes_sharing_a_backend_keep_their_own_response_header_timeouts() {
+    let php = backend("php")
+        .delay(std::time::Duration::from_secs(1))
+        .on("/fast", 200, "fast")
+        .start()
+        .await;
+    let py = backend("py").start().await;
+    let routes = [
+        route(
+            "patient",
+            &php.url(),
+            &py.url(),
+            "  hosts: [patient.test]\n",
+        ),
+        route(
+            "hasty",
+            &php.url(),
+            &py.url(),
+            "  hosts: [hasty.test]\n  timeouts: {responseHeader: 200ms}\n",
+        ),
+    ]
+    .join("---\n");
+    // One worker: every request below uses the same pooled backend connection.
+    let ft = Fallthrough::start_with(&routes, &["--workers", "1"]).await;
+    let to = |host: &str, path: &str| {
+        let req = http::Request::get(path).header("host", host);
+        send(ft.http, req.body(http_body_util::Full::default()).unwrap())
+    };
+
+    assert_eq!(to("hasty.test", "/fast").await.0, 200);
+    assert_eq!(
+        to("patient.test", "/slow").await.0,
+        200,
+        "a short timeout of the previous request on the connection does not cut this one"
+    );
+    assert_eq!(
+        to("hasty.test", "/slow").await.0,
+        504,
+        "a long timeout of the previous request on the connection does not delay this one"
+    );
+    assert_eq!(to("patient.test", "/fast").await.0, 200);
+}
+
+#[tokio::test]
 async fn hosts_and_paths_pick_the_most_specific_route() {
     let a = backend("exact").start().await;
     let b = backend("wildcard").start().await;

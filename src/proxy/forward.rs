@@ -193,19 +193,17 @@ async fn send(
     body: UpstreamBody,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let started = Instant::now();
-    let t = &route.timeouts;
-    let exchange = upstream::send(endpoint, t.connect, t.idle, head, body);
-    let result = tokio::time::timeout_at((started + t.response_header).into(), exchange).await;
+    let result = upstream::send(endpoint, &route.timeouts, started, head, body).await;
     rt.metrics.upstream_attempt(backend, started.elapsed());
     let err = match result {
-        Ok(Ok(resp)) => return Ok(resp),
-        Err(_) => ProxyError::UpstreamTimeout(backend),
-        Ok(Err(e)) if e.is_connect() => ProxyError::UpstreamConnect {
+        Ok(resp) => return Ok(resp),
+        Err(upstream::UpstreamError::ResponseTimeout) => ProxyError::UpstreamTimeout(backend),
+        Err(e) if e.is_connect() => ProxyError::UpstreamConnect {
             backend,
             timed_out: e.is_connect_timeout(),
             source: e,
         },
-        Ok(Err(e)) => ProxyError::Upstream {
+        Err(e) => ProxyError::Upstream {
             backend,
             source: Box::new(e),
         },

@@ -16,6 +16,7 @@
 //! per-worker `keepalive`), so nothing is shared between threads.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -33,6 +34,7 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
+use crate::routes::Timeouts;
 
 /// Largest response head (and trailer section) accepted from a backend.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -71,6 +73,9 @@ pub enum UpstreamError {
     /// The client's request body broke while it was streamed to the backend.
     #[error("the request body could not be read: {0}")]
     RequestBody(#[source] hyper::Error),
+    /// No complete response head before the route's response header timeout.
+    #[error("the backend did not answer within the response header timeout")]
+    ResponseTimeout,
 }
 
 impl UpstreamError {
@@ -99,6 +104,8 @@ struct Conn {
     /// The request being written; kept with the connection so a request costs no
     /// buffer allocation.
     out: Vec<u8>,
+    /// The response header timer, armed once per connection (see [`before`]).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     endpoint: Authority,
     idle: Duration,
     reused: bool,
@@ -214,42 +221,45 @@ async fn connect(
         stream,
         buf: BytesMut::new(),
         out: Vec::new(),
+        timer: None,
         endpoint: endpoint.clone(),
         idle,
         reused: false,
     })
 }
 
-/// Sends the request to `endpoint` and reads the response head.
+/// Sends the request to `endpoint` and reads the response head, which must arrive
+/// within `timeouts.response_header` of `started`.
 ///
 /// A request that fails on a reused keep-alive connection before any byte of an answer
 /// arrived (the backend closed it while it sat in the pool) is sent once more on a new
 /// connection when that is safe: an idempotent method and a body that can be replayed.
 pub async fn send(
     endpoint: &Authority,
-    connect_timeout: Duration,
-    idle: Duration,
+    timeouts: &Timeouts,
+    started: Instant,
     head: &Parts,
     body: UpstreamBody,
 ) -> Result<Response<ResponseBody>, UpstreamError> {
-    let pooled = POOL.with(|pool| pool.borrow_mut().checkout(endpoint, Instant::now()));
+    let deadline = started + timeouts.response_header;
+    let pooled = POOL.with(|pool| pool.borrow_mut().checkout(endpoint, started));
     let conn = match pooled {
         Some(conn) => conn,
         // Boxed, like every rare path here: the request future stays small.
-        None => Box::pin(connect(endpoint, connect_timeout, idle)).await?,
+        None => Box::pin(connect(endpoint, timeouts.connect, timeouts.idle)).await?,
     };
     let retry = if conn.reused && is_idempotent(&head.method) {
         body.replay()
     } else {
         None
     };
-    match exchange(conn, head, body).await {
+    match exchange(conn, head, body, deadline).await {
         Ok(resp) => Ok(resp),
         Err(Failed { error, answered }) => match retry {
-            Some(body) if !answered => {
+            Some(body) if !answered && !matches!(error, UpstreamError::ResponseTimeout) => {
                 tracing::debug!(%endpoint, %error, "pooled connection was stale; retrying on a new one");
-                let conn = Box::pin(connect(endpoint, connect_timeout, idle)).await?;
-                Box::pin(exchange(conn, head, body))
+                let conn = Box::pin(connect(endpoint, timeouts.connect, timeouts.idle)).await?;
+                Box::pin(exchange(conn, head, body, deadline))
                     .await
                     .map_err(|f| f.error)
             }
@@ -284,9 +294,56 @@ async fn exchange(
     mut conn: Conn,
     head: &Parts,
     body: UpstreamBody,
+    deadline: Instant,
 ) -> Result<Response<ResponseBody>, Failed> {
-    write_request(&mut conn, head, body).await?;
-    read_response(conn, &head.method).await
+    let mut timer = match conn.timer.take() {
+        Some(timer) => timer,
+        None => Box::pin(tokio::time::sleep_until(deadline.into())),
+    };
+    if timer.deadline() > deadline.into() {
+        // A route with a shorter timeout than the last request's on this connection.
+        timer.as_mut().reset(deadline.into());
+    }
+    let exchanged = before(&mut timer, deadline, async {
+        write_request(&mut conn, head, body).await?;
+        read_response(conn, &head.method).await
+    })
+    .await;
+    match exchanged {
+        Some(Ok(mut resp)) => {
+            resp.body_mut().keep_timer(timer);
+            Ok(resp)
+        }
+        Some(Err(failed)) => Err(failed),
+        None => Err(UpstreamError::ResponseTimeout.into()),
+    }
+}
+
+/// Polls `exchange` until it completes or `deadline` passes (`None`).
+///
+/// Why not `tokio::time::timeout`: that registers and removes a timer per request. The
+/// connection's timer is armed once and, when it fires before the current deadline
+/// (it was set for an earlier request), pushed back to it: with the same timeout on
+/// every request it fires at most once per timeout period, whatever the traffic.
+async fn before<F: Future>(
+    timer: &mut Pin<Box<tokio::time::Sleep>>,
+    deadline: Instant,
+    exchange: F,
+) -> Option<F::Output> {
+    let mut exchange = std::pin::pin!(exchange);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = exchange.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(None);
+            }
+            timer.as_mut().reset(deadline.into());
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// How the request body is framed on the wire.
@@ -655,6 +712,13 @@ impl ResponseBody {
             conn: Some(conn),
             framing,
             keep_alive,
+        }
+    }
+
+    /// Gives the connection its response header timer back, for its next request.
+    fn keep_timer(&mut self, timer: Pin<Box<tokio::time::Sleep>>) {
+        if let Some(conn) = &mut self.conn {
+            conn.timer = Some(timer);
         }
     }
 

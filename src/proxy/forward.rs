@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 
 use super::body::{read_request_body, read_response_prefix, ClientBody, RequestBody, UpstreamBody};
-use super::headers::{is_upgrade, remove_hop_by_hop, set_forwarded};
+use super::headers::{is_upgrade, remove_hop_by_hop, UpstreamHead};
 use super::rescue::ProxyError;
 use super::upstream::{self, ResponseBody};
 use super::{ConnInfo, RouteRuntime};
@@ -36,8 +36,8 @@ pub(super) async fn forward(
 ) -> Result<Response<ClientBody>, ProxyError> {
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    prepare_head(&mut parts, conn, upgrade);
+    let (parts, body) = req.into_parts();
+    let head = prepare_head(parts, conn, upgrade);
 
     let body = read_request_body(body, route.max_replay_bytes, body_timeout).await?;
     let (body, replay) = match body {
@@ -49,7 +49,7 @@ pub(super) async fn forward(
     };
 
     let primary = match pick(rt, &route.primary, Answerer::Primary) {
-        Ok(endpoint) => send(rt, route, Answerer::Primary, endpoint, &parts, body).await,
+        Ok(endpoint) => send(rt, route, Answerer::Primary, endpoint, &head, body).await,
         Err(err) => Err(err),
     };
     let primary = match primary {
@@ -63,7 +63,7 @@ pub(super) async fn forward(
                 return Err(err);
             };
             rt.metrics.fallback_on_error();
-            let resp = Box::pin(send_fallback(rt, route, &parts, replay)).await?;
+            let resp = Box::pin(send_fallback(rt, route, &head, replay)).await?;
             return Ok(respond(rt, Answerer::Fallback, resp, client_upgrade));
         }
         Err(err) => return Err(err),
@@ -75,28 +75,20 @@ pub(super) async fn forward(
     };
     rt.metrics.fallback_on_status();
     // Boxed: a primary hit, the hot path, then moves a much smaller future around.
-    Box::pin(fall_back(
-        rt,
-        route,
-        &parts,
-        primary,
-        replay,
-        client_upgrade,
-    ))
-    .await
+    Box::pin(fall_back(rt, route, &head, primary, replay, client_upgrade)).await
 }
 
 /// The primary answered a `fallbackOn` status: the same request goes to the fallback.
 async fn fall_back(
     rt: &RouteRuntime,
     route: &Route,
-    parts: &Parts,
+    head: &UpstreamHead,
     primary: Response<ResponseBody>,
     replay: UpstreamBody,
     client_upgrade: Option<OnUpgrade>,
 ) -> Result<Response<ClientBody>, ProxyError> {
     let kept = keep_primary_answer(route, primary).await;
-    let fallback = send_fallback(rt, route, parts, replay).await?;
+    let fallback = send_fallback(rt, route, head, replay).await?;
     match kept {
         Some(kept) if route.falls_back_on(fallback.status().as_u16()) => {
             // Neither serves it; `notFoundFrom: primary` keeps the legacy answer.
@@ -110,11 +102,11 @@ async fn fall_back(
 async fn send_fallback(
     rt: &RouteRuntime,
     route: &Route,
-    parts: &Parts,
+    head: &UpstreamHead,
     replay: UpstreamBody,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let endpoint = pick(rt, &route.fallback, Answerer::Fallback)?;
-    send(rt, route, Answerer::Fallback, endpoint, parts, replay).await
+    send(rt, route, Answerer::Fallback, endpoint, head, replay).await
 }
 
 /// A primary response read (in part) while the fallback is asked.
@@ -149,26 +141,23 @@ async fn keep_primary_answer(route: &Route, resp: Response<ResponseBody>) -> Opt
 }
 
 /// Rewrites the client's request head into the head every upstream attempt shares.
-fn prepare_head(parts: &mut Parts, conn: &ConnInfo, upgrade: bool) {
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+fn prepare_head(mut parts: Parts, conn: &ConnInfo, upgrade: bool) -> UpstreamHead {
+    let host = match parts.headers.get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => {
+            // HTTP/2 clients send :authority, HTTP/1.1 upstreams need Host.
+            let host = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            if let Some(host) = &host {
+                parts.headers.insert(header::HOST, host.clone());
+            }
+            host
+        }
+    };
     remove_hop_by_hop(&mut parts.headers, upgrade);
-    // The body is read before the upstream sees the request, so 100-continue is done.
-    parts.headers.remove(header::EXPECT);
-    set_forwarded(
-        &mut parts.headers,
-        &conn.client_ip,
-        conn.proto,
-        host.clone(),
-    );
-    if let Some(host) = host {
-        // HTTP/2 clients send :authority, HTTP/1.1 upstreams need Host.
-        parts.headers.entry(header::HOST).or_insert(host);
-    }
+    UpstreamHead::new(parts, &conn.client_ip, conn.proto, host)
 }
 
 /// The next endpoint of `backend`, or 503 when it has none ready.
@@ -189,7 +178,7 @@ async fn send(
     route: &Route,
     backend: Answerer,
     endpoint: &Authority,
-    head: &Parts,
+    head: &UpstreamHead,
     body: UpstreamBody,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let started = Instant::now();

@@ -2,8 +2,8 @@
 //!
 //! In: the client's request head (or an upstream's response head).
 //! Out: the same head with hop-by-hop headers removed and, for requests, the
-//! `X-Forwarded-*` headers set. Upgrade requests keep `Connection`/`Upgrade` so the
-//! upstream can answer 101.
+//! `X-Forwarded-*` fields to send with it ([`UpstreamHead`]). Upgrade requests keep
+//! `Connection`/`Upgrade` so the upstream can answer 101.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -84,30 +84,78 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Sets the `X-Forwarded-*` headers: the client address is appended to any
-/// `X-Forwarded-For` the client sent; proto and host describe this hop.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    client_ip: &HeaderValue,
-    proto: &'static str,
-    host: Option<HeaderValue>,
-) {
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        Some(prior) => {
-            let mut joined = Vec::with_capacity(prior.len() + 2 + client_ip.len());
-            joined.extend_from_slice(prior.as_bytes());
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(client_ip.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
+/// A request head on its way upstream: the client's head, rewritten, and the
+/// `X-Forwarded-*` fields that go behind its headers.
+///
+/// The fields are kept out of the header map: inserting them there cost three hashed
+/// inserts per request for headers that are only ever written out.
+pub struct UpstreamHead {
+    pub parts: http::request::Parts,
+    /// `X-Forwarded-For`: what the client sent, if anything, then the client's address.
+    pub forwarded_for: HeaderValue,
+    /// `X-Forwarded-Proto`: the scheme the client used.
+    pub forwarded_proto: &'static str,
+    /// `X-Forwarded-Host`: the host the client asked for, if it named one.
+    pub forwarded_host: Option<HeaderValue>,
+}
+
+impl UpstreamHead {
+    /// Builds the upstream head: any `X-Forwarded-*` the client sent is taken out of
+    /// `parts` (the client's `X-Forwarded-For` is kept as the start of ours), and so is
+    /// `Expect`: the proxy reads the body before the upstream sees the request, so any
+    /// 100-continue is over.
+    pub fn new(
+        mut parts: http::request::Parts,
+        client_ip: &HeaderValue,
+        proto: &'static str,
+        host: Option<HeaderValue>,
+    ) -> Self {
+        let mut forwarded_for = client_ip.clone();
+        // One pass over the names; most requests carry none of these.
+        let sent_any = parts.headers.keys().any(|n| {
+            n == header::EXPECT
+                || matches!(
+                    n.as_str(),
+                    "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host"
+                )
+        });
+        if sent_any {
+            parts.headers.remove(header::EXPECT);
+            let prior: Vec<u8> = parts
+                .headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect::<Vec<_>>()
+                .join(&b", "[..]);
+            if !prior.is_empty() {
+                let joined = [&prior[..], b", ", client_ip.as_bytes()].concat();
+                forwarded_for = HeaderValue::from_bytes(&joined).unwrap_or(forwarded_for);
+            }
+            for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
+                parts.headers.remove(name);
+            }
         }
-        None => client_ip.clone(),
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    match host {
-        Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
-        None => headers.remove(&X_FORWARDED_HOST),
-    };
+        UpstreamHead {
+            parts,
+            forwarded_for,
+            forwarded_proto: proto,
+            forwarded_host: host,
+        }
+    }
+
+    /// The `X-Forwarded-*` fields, in the order they are written.
+    pub fn forwarded(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+        [
+            Some(("x-forwarded-for", self.forwarded_for.as_bytes())),
+            Some(("x-forwarded-proto", self.forwarded_proto.as_bytes())),
+            self.forwarded_host
+                .as_ref()
+                .map(|h| ("x-forwarded-host", h.as_bytes())),
+        ]
+        .into_iter()
+        .flatten()
+    }
 }
 
 #[cfg(test)]
@@ -151,11 +199,29 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_appended_to_what_the_client_sent() {
-        let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
+        let mut parts = http::Request::new(()).into_parts().0;
+        parts.headers = map(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "gopher"),
+            ("x-forwarded-host", "spoofed"),
+            ("accept", "*/*"),
+        ]);
         let ip = HeaderValue::from_static("10.0.0.1");
-        set_forwarded(&mut h, &ip, "http", Some(HeaderValue::from_static("shop")));
-        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "shop");
+        let head = UpstreamHead::new(parts, &ip, "http", Some(HeaderValue::from_static("shop")));
+        let fields: Vec<_> = head.forwarded().collect();
+        assert_eq!(
+            fields,
+            [
+                ("x-forwarded-for", &b"203.0.113.9, 10.0.0.1"[..]),
+                ("x-forwarded-proto", b"http"),
+                ("x-forwarded-host", b"shop"),
+            ]
+        );
+        let left: Vec<_> = head.parts.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            left,
+            ["accept"],
+            "the client's own fields are not sent twice"
+        );
     }
 }

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::request::Parts;
 use http::uri::Authority;
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -34,6 +33,7 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
+use super::headers::UpstreamHead;
 use crate::routes::Timeouts;
 
 /// Largest response head (and trailer section) accepted from a backend.
@@ -238,7 +238,7 @@ pub async fn send(
     endpoint: &Authority,
     timeouts: &Timeouts,
     started: Instant,
-    head: &Parts,
+    head: &UpstreamHead,
     body: UpstreamBody,
 ) -> Result<Response<ResponseBody>, UpstreamError> {
     let deadline = started + timeouts.response_header;
@@ -248,7 +248,7 @@ pub async fn send(
         // Boxed, like every rare path here: the request future stays small.
         None => Box::pin(connect(endpoint, timeouts.connect, timeouts.idle)).await?,
     };
-    let retry = if conn.reused && is_idempotent(&head.method) {
+    let retry = if conn.reused && is_idempotent(&head.parts.method) {
         body.replay()
     } else {
         None
@@ -292,7 +292,7 @@ impl From<UpstreamError> for Failed {
 
 async fn exchange(
     mut conn: Conn,
-    head: &Parts,
+    head: &UpstreamHead,
     body: UpstreamBody,
     deadline: Instant,
 ) -> Result<Response<ResponseBody>, Failed> {
@@ -306,7 +306,7 @@ async fn exchange(
     }
     let exchanged = before(&mut timer, deadline, async {
         write_request(&mut conn, head, body).await?;
-        read_response(conn, &head.method).await
+        read_response(conn, &head.parts.method).await
     })
     .await;
     match exchanged {
@@ -354,7 +354,7 @@ enum Framing {
 
 async fn write_request(
     conn: &mut Conn,
-    head: &Parts,
+    head: &UpstreamHead,
     body: UpstreamBody,
 ) -> Result<(), UpstreamError> {
     let framing = encode_head(head, &body, &mut conn.out);
@@ -371,7 +371,8 @@ async fn write_request(
 
 /// Writes the request head in HTTP/1.1 wire form into `out`; how the body that follows
 /// is framed (`None`: no body).
-fn encode_head(head: &Parts, body: &UpstreamBody, out: &mut Vec<u8>) -> Option<Framing> {
+fn encode_head(upstream: &UpstreamHead, body: &UpstreamBody, out: &mut Vec<u8>) -> Option<Framing> {
+    let head = &upstream.parts;
     out.clear();
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
@@ -388,6 +389,12 @@ fn encode_head(head: &Parts, body: &UpstreamBody, out: &mut Vec<u8>) -> Option<F
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in upstream.forwarded() {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     let framing = match body.exact_len() {

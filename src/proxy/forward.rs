@@ -182,7 +182,16 @@ async fn send(
     body: UpstreamBody,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let started = Instant::now();
-    let result = upstream::send(endpoint, &route.timeouts, started, head, body).await;
+    // Boxed: the exchange is most of the request's state, and a future is copied whole
+    // into each caller's state as it starts; on the heap it is written once.
+    let result = Box::pin(upstream::send(
+        endpoint,
+        &route.timeouts,
+        started,
+        head,
+        body,
+    ))
+    .await;
     rt.metrics.upstream_attempt(backend, started.elapsed());
     let err = match result {
         Ok(resp) => return Ok(resp),

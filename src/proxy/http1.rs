@@ -27,6 +27,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -155,7 +156,8 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         return Parsed::Partial;
     }
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut ranges: [HeaderRange; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
+    // Not a fixed array: zeroing room for every allowed header cost more than parsing.
+    let mut ranges: SmallVec<[HeaderRange; 24]> = SmallVec::new();
     let mut parsed = httparse::Request::new(&mut []);
     let len = match parsed.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -176,7 +178,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     let path = (at(path.as_bytes()), at(path.as_bytes()) + path.len());
     let (mut close, mut trailers) = (false, false);
     let count = parsed.headers.len();
-    for (h, range) in parsed.headers.iter().zip(ranges.iter_mut()) {
+    for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -197,14 +199,14 @@ fn parse(buf: &mut BytesMut) -> Parsed {
             trailers |= has_token(value, b"trailers");
         }
         let (n, v) = (at(name), at(value));
-        *range = (n, n + name.len(), v, v + value.len());
+        ranges.push((n, n + name.len(), v, v + value.len()));
     }
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path.0..path.1)) else {
         return Parsed::Other;
     };
     let mut headers = HeaderMap::with_capacity(count + 3);
-    for &(ns, ne, vs, ve) in &ranges[..count] {
+    for &(ns, ne, vs, ve) in &ranges {
         let Ok(name) = HeaderName::from_bytes(&head[ns..ne]) else {
             return Parsed::Other;
         };

@@ -29,6 +29,7 @@ use http::uri::Authority;
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
+use smallvec::SmallVec;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
@@ -547,9 +548,9 @@ enum Parsed {
 /// Parses a complete response head at the front of `buf`, consuming it; `None` when more
 /// bytes are needed.
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, UpstreamError> {
-    // Neither array is initialised header by header: a response has a handful.
+    // Nothing here is zeroed for all the headers allowed: a response has a handful.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut ranges = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let mut ranges: SmallVec<[(usize, usize, usize, usize); 24]> = SmallVec::new();
     let mut parsed = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut parsed,
@@ -582,13 +583,13 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Ups
     let count = parsed.headers.len();
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| s.as_ptr() as usize - base;
-    for (h, range) in parsed.headers.iter().zip(ranges.iter_mut()) {
+    for h in parsed.headers.iter() {
         let (name, value) = (at(h.name.as_bytes()), at(h.value));
-        *range = (name, name + h.name.len(), value, value + h.value.len());
+        ranges.push((name, name + h.name.len(), value, value + h.value.len()));
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, ne, start, end) in &ranges[..count] {
+    for &(ns, ne, start, end) in &ranges {
         let name = HeaderName::from_bytes(&head[ns..ne])
             .map_err(|_| UpstreamError::Malformed("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))

@@ -47,9 +47,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         && headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            .any(|v| super::wire::has_token(v.as_bytes(), b"upgrade"))
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names. With

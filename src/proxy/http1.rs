@@ -34,6 +34,7 @@ use tokio::sync::watch;
 
 use super::body::ClientBody;
 use super::upstream::poll_read_into;
+use super::wire::{has_token, put_chunk_size, put_content_length, put_field, put_last_chunk};
 use super::{ConnInfo, Proxy};
 
 /// Most headers a request served here may carry (hyper's limit: more are handed over
@@ -231,13 +232,6 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     })
 }
 
-/// Whether a comma-separated header value lists `token` (case-insensitively).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
 /// How the answer's body is delimited.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -276,10 +270,7 @@ async fn respond(
         } else if name == header::DATE {
             dated = true;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if !dated {
         out.extend_from_slice(b"date: ");
@@ -294,9 +285,7 @@ async fn respond(
     } else if let Some(n) = length {
         Framing::Length(n)
     } else if let Some(n) = body.size_hint().exact() {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa_u64(n, &mut [0; 20]));
-        out.extend_from_slice(b"\r\n");
+        put_content_length(out, n);
         Framing::Length(n)
     } else {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -355,14 +344,7 @@ async fn write_body(
                 if let (Framing::Chunked, Ok(t), true) =
                     (framing, frame.into_trailers(), trailers_allowed)
                 {
-                    out.extend_from_slice(b"0\r\n");
-                    for (name, value) in &t {
-                        out.extend_from_slice(name.as_str().as_bytes());
-                        out.extend_from_slice(b": ");
-                        out.extend_from_slice(value.as_bytes());
-                        out.extend_from_slice(b"\r\n");
-                    }
-                    out.extend_from_slice(b"\r\n");
+                    put_last_chunk(out, Some(&t));
                     return flush(stream, out).await;
                 }
                 continue;
@@ -373,7 +355,7 @@ async fn write_body(
         }
         sent += data.len() as u64;
         if framing == Framing::Chunked {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            put_chunk_size(out, data.len());
         }
         if out.len() + data.len() <= COALESCE_BYTES {
             out.extend_from_slice(&data);
@@ -385,7 +367,7 @@ async fn write_body(
         }
     }
     match framing {
-        Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+        Framing::Chunked => put_last_chunk(out, None),
         Framing::Length(n) if n != sent => {
             let _ = flush(stream, out).await;
             return false;
@@ -399,19 +381,6 @@ async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
     let written = stream.write_all(out).await.is_ok();
     out.clear();
     written
-}
-
-/// `n` in decimal, written into `scratch`.
-fn itoa_u64(mut n: u64, scratch: &mut [u8; 20]) -> &[u8] {
-    let mut at = scratch.len();
-    loop {
-        at -= 1;
-        scratch[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &scratch[at..];
-        }
-    }
 }
 
 thread_local! {
@@ -549,12 +518,5 @@ mod tests {
         }
         assert!(matches!(parse(&mut buf), Parsed::Partial));
         assert_eq!(&buf[..], b"GET /3");
-    }
-
-    #[test]
-    fn decimal() {
-        for n in [0u64, 7, 10, 1234567890, u64::MAX] {
-            assert_eq!(itoa_u64(n, &mut [0; 20]), n.to_string().as_bytes());
-        }
     }
 }

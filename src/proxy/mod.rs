@@ -14,6 +14,7 @@ mod http1;
 pub mod listener;
 pub mod rescue;
 mod upstream;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
 use super::headers::UpstreamHead;
+use super::wire::{has_token, put_chunk_size, put_content_length, put_field, put_last_chunk};
 use crate::routes::Timeouts;
 
 /// Largest response head (and trailer section) accepted from a backend.
@@ -387,16 +388,10 @@ fn encode_head(upstream: &UpstreamHead, body: &UpstreamBody, out: &mut Vec<u8>) 
             client_sent_length = true;
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in upstream.forwarded() {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name.as_bytes(), value);
     }
     let framing = match body.exact_len() {
         Some(0) if body.is_end_stream() => {
@@ -408,9 +403,7 @@ fn encode_head(upstream: &UpstreamHead, body: &UpstreamBody, out: &mut Vec<u8>) 
             None
         }
         Some(len) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(len.to_string().as_bytes());
-            out.extend_from_slice(b"\r\n");
+            put_content_length(out, len);
             Some(Framing::Length)
         }
         None => {
@@ -444,7 +437,7 @@ async fn write_body(
             continue;
         }
         if let Framing::Chunked = framing {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            put_chunk_size(out, data.len());
         }
         if out.len() + data.len() <= COALESCE_BYTES {
             out.extend_from_slice(&data);
@@ -458,14 +451,7 @@ async fn write_body(
         }
     }
     if let Framing::Chunked = framing {
-        out.extend_from_slice(b"0\r\n");
-        for (name, value) in trailers.iter().flatten() {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
+        put_last_chunk(out, trailers.as_ref());
     }
     if !out.is_empty() {
         stream.write_all(out).await?;
@@ -616,7 +602,7 @@ fn body_framing(
         && !headers
             .get_all(header::CONNECTION)
             .iter()
-            .any(|v| has_token(v, "close"));
+            .any(|v| has_token(v.as_bytes(), b"close"));
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Ok((BodyFraming::Switched, false));
     }
@@ -667,14 +653,6 @@ fn body_framing(
         Some(n) => (BodyFraming::Length(n), keep_alive),
         None => (BodyFraming::UntilClose, false),
     })
-}
-
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .unwrap_or("")
-        .split(',')
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 enum BodyFraming {

@@ -121,9 +121,9 @@ pub async fn serve_workers(
 ///
 /// The tick matters beyond that. Tokio's timer wakes its driver through an eventfd
 /// whenever a timer is armed earlier than the driver's next planned wake-up; with no
-/// other timer pending, that is every request's response timeout: one more write and
-/// epoll round trip per request or so. A tick always due within a second keeps those
-/// 60-second deadlines later than the next wake-up.
+/// other timer pending, that is every per-request timer hyper arms on the connections
+/// it serves (one more write and epoll round trip each). A tick always due within a
+/// second keeps those 30-second deadlines later than the next wake-up.
 async fn housekeeping() {
     let mut tick = tokio::time::interval(TICK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -174,6 +174,7 @@ async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let info = ConnInfo::new(peer, tls.is_some());
+                let conn_info = info.clone();
                 let service_proxy = proxy.clone();
                 let service = service_fn(move |req| {
                     let proxy = service_proxy.clone();
@@ -189,8 +190,7 @@ async fn serve(
                         let (proxy, builder, stop) = (proxy.clone(), builder.clone(), stop.clone());
                         tokio::spawn(async move {
                             let mut stream = stream;
-                            let info = ConnInfo::new(peer, false);
-                            let read = match http1::serve(&proxy, &mut stream, &info, &stop).await {
+                            let read = match http1::serve(&proxy, &mut stream, &conn_info, &stop).await {
                                 http1::Served::Closed => return,
                                 http1::Served::HandOff(read) => read,
                             };

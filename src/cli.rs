@@ -145,6 +145,14 @@ impl RunArgs {
         }
     }
 
+    /// How many data-plane threads to run: `--workers`, or one per core when it is 0.
+    pub fn workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// The timeouts routes get unless they set their own.
     pub fn default_timeouts(&self) -> Timeouts {
         Timeouts {

@@ -14,4 +14,5 @@ pub mod provider;
 pub mod proxy;
 pub mod routes;
 pub mod run;
+pub mod shard;
 pub mod tls;

@@ -6,15 +6,24 @@
 //! Metric and label names are a public interface: dashboards and alerts depend on them.
 //! Labels are bounded (namespace, route, backend, service, status code, reason), never
 //! the request path.
+//!
+//! The families every request writes exist once per worker thread ([`PerWorker`]), so
+//! the workers never write the same counter; a scrape sums the copies into one series
+//! per label set.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
 
 use crate::routes::{Answerer, Route};
+use crate::shard::PerWorker;
 
 /// Buckets for upstream and request durations: from a fast in-cluster hit to a slow page.
 const DURATION_BUCKETS: &[f64] = &[
@@ -28,12 +37,8 @@ pub const SELF_BACKEND: &str = "fallthrough";
 /// The process's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
-    fallbacks: IntCounterVec,
-    fallbacks_skipped: IntCounterVec,
-    upstream_duration: HistogramVec,
-    request_duration: HistogramVec,
-    upstream_errors: IntCounterVec,
+    /// What requests write, one copy per worker; registered as one [`Summed`] collector.
+    per_request: Arc<PerWorker<RequestFamilies>>,
     routes: IntGauge,
     routes_rejected: IntGauge,
     config_reloads: IntCounterVec,
@@ -44,25 +49,25 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(1)
     }
 }
 
+fn counter_family(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+}
+
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    let c = counter_family(name, help, labels);
     registry
         .register(Box::new(c.clone()))
         .expect("metric registered once");
     c
 }
 
-fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+fn histogram_family(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
-    let h = HistogramVec::new(opts, labels).expect("valid metric definition");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("metric registered once");
-    h
+    HistogramVec::new(opts, labels).expect("valid metric definition")
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -73,47 +78,149 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
-impl Metrics {
-    /// Creates and registers every metric in a fresh registry.
-    pub fn new() -> Self {
-        let r = Registry::new();
-        Metrics {
-            requests: counter(
-                &r,
+/// The families written on the request path: one worker's copy.
+struct RequestFamilies {
+    requests: IntCounterVec,
+    fallbacks: IntCounterVec,
+    fallbacks_skipped: IntCounterVec,
+    upstream_duration: HistogramVec,
+    request_duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+}
+
+impl RequestFamilies {
+    fn new() -> Self {
+        RequestFamilies {
+            requests: counter_family(
                 "fallthrough_requests_total",
                 "Responses sent to clients, by the backend that produced them (primary, fallback, or fallthrough itself).",
                 &["namespace", "route", "backend", "service", "code"],
             ),
-            fallbacks: counter(
-                &r,
+            fallbacks: counter_family(
                 "fallthrough_fallbacks_total",
                 "Requests sent on to the fallback, by reason (status: the primary answered a fallbackOn status; error: the primary was unreachable).",
                 &["namespace", "route", "reason"],
             ),
-            fallbacks_skipped: counter(
-                &r,
+            fallbacks_skipped: counter_family(
                 "fallthrough_fallbacks_skipped_total",
                 "Requests that should have gone to the fallback but could not be replayed (body_too_large).",
                 &["namespace", "route", "reason"],
             ),
-            upstream_duration: histogram(
-                &r,
+            upstream_duration: histogram_family(
                 "fallthrough_upstream_duration_seconds",
                 "Time from sending a request to a backend until its response head, per attempt.",
                 &["namespace", "route", "backend"],
             ),
-            request_duration: histogram(
-                &r,
+            request_duration: histogram_family(
                 "fallthrough_request_duration_seconds",
                 "Time from receiving a request until its response body was sent.",
                 &["namespace", "route"],
             ),
-            upstream_errors: counter(
-                &r,
+            upstream_errors: counter_family(
                 "fallthrough_upstream_errors_total",
                 "Failed upstream attempts, by kind (connect, timeout, protocol).",
                 &["namespace", "route", "backend", "kind"],
             ),
+        }
+    }
+
+    fn collectors(&self) -> [&dyn Collector; 6] {
+        [
+            &self.requests,
+            &self.fallbacks,
+            &self.fallbacks_skipped,
+            &self.upstream_duration,
+            &self.request_duration,
+            &self.upstream_errors,
+        ]
+    }
+}
+
+/// Exports the workers' copies of [`RequestFamilies`] as one set of series, summed.
+struct Summed(Arc<PerWorker<RequestFamilies>>);
+
+impl Collector for Summed {
+    fn desc(&self) -> Vec<&Desc> {
+        let first = self.0.all().next().expect("at least one copy");
+        first
+            .collectors()
+            .into_iter()
+            .flat_map(|c| c.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut copies = self
+            .0
+            .all()
+            .map(|f| f.collectors().into_iter().flat_map(|c| c.collect()));
+        let mut total: Vec<MetricFamily> = copies.next().expect("at least one copy").collect();
+        for copy in copies {
+            for (into, from) in total.iter_mut().zip(copy) {
+                add_family(into, from);
+            }
+        }
+        total
+    }
+}
+
+/// Adds `from`'s series to `into`'s (the same family from another worker).
+fn add_family(into: &mut MetricFamily, mut from: MetricFamily) {
+    debug_assert_eq!(into.name(), from.name());
+    let key = |m: &Metric| -> Vec<String> {
+        m.get_label().iter().map(|l| l.value().to_owned()).collect()
+    };
+    let mut at: HashMap<Vec<String>, usize> = into
+        .get_metric()
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (key(m), i))
+        .collect();
+    let kind = into.get_field_type();
+    for m in from.take_metric() {
+        match at.get(&key(&m)) {
+            Some(&i) => add_series(kind, &mut into.mut_metric()[i], &m),
+            None => {
+                at.insert(key(&m), into.get_metric().len());
+                into.mut_metric().push(m);
+            }
+        }
+    }
+}
+
+/// Adds one series' counts to another's with the same labels.
+fn add_series(kind: MetricType, into: &mut Metric, from: &Metric) {
+    match kind {
+        MetricType::COUNTER => {
+            let mut c = into.get_counter().clone();
+            c.set_value(c.get_value() + from.get_counter().get_value());
+            into.set_counter(c);
+        }
+        MetricType::HISTOGRAM => {
+            let (mut h, add) = (into.get_histogram().clone(), from.get_histogram());
+            h.set_sample_count(h.get_sample_count() + add.get_sample_count());
+            h.set_sample_sum(h.get_sample_sum() + add.get_sample_sum());
+            let mut buckets = h.get_bucket().to_vec();
+            for (b, a) in buckets.iter_mut().zip(add.get_bucket()) {
+                b.set_cumulative_count(b.cumulative_count() + a.cumulative_count());
+            }
+            h.set_bucket(buckets);
+            into.set_histogram(h);
+        }
+        _ => unreachable!("only counters and histograms are written per worker"),
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric in a fresh registry, with one copy of the
+    /// request-path families per worker thread.
+    pub fn new(workers: usize) -> Self {
+        let r = Registry::new();
+        let per_request = Arc::new(PerWorker::new(workers, RequestFamilies::new));
+        r.register(Box::new(Summed(per_request.clone())))
+            .expect("metric registered once");
+        Metrics {
+            per_request,
             routes: gauge(&r, "fallthrough_routes", "Routes being served."),
             routes_rejected: gauge(
                 &r,
@@ -157,41 +264,49 @@ impl Metrics {
     /// for the fixed label sets.
     pub fn route(&self, route: &Route) -> RouteMetrics {
         let (ns, name) = (route.namespace.as_str(), route.name.as_str());
-        let upstream = |b: Answerer| {
-            self.upstream_duration
-                .with_label_values(&[ns, name, b.as_str()])
-        };
-        let common = |b: Answerer| {
-            let service = match b {
-                Answerer::Primary => &route.primary.name,
-                Answerer::Fallback => &route.fallback.name,
+        let services = [route.primary.name.clone(), route.fallback.name.clone()];
+        let series = self.per_request.map(|f| {
+            let upstream = |b: Answerer| {
+                f.upstream_duration
+                    .with_label_values(&[ns, name, b.as_str()])
             };
-            COMMON_CODES.map(|code| {
-                self.requests
-                    .with_label_values(&[ns, name, b.as_str(), service, &code.to_string()])
-            })
-        };
+            let common = |b: Answerer| {
+                COMMON_CODES.map(|code| {
+                    f.requests.with_label_values(&[
+                        ns,
+                        name,
+                        b.as_str(),
+                        &services[slot(b)],
+                        &code.to_string(),
+                    ])
+                })
+            };
+            RouteSeries {
+                common: [common(Answerer::Primary), common(Answerer::Fallback)],
+                upstream_duration: [upstream(Answerer::Primary), upstream(Answerer::Fallback)],
+                request_duration: f.request_duration.with_label_values(&[ns, name]),
+                fallback_status: f.fallbacks.with_label_values(&[ns, name, "status"]),
+                fallback_error: f.fallbacks.with_label_values(&[ns, name, "error"]),
+                skipped_body_too_large: f.fallbacks_skipped.with_label_values(&[
+                    ns,
+                    name,
+                    "body_too_large",
+                ]),
+            }
+        });
         RouteMetrics {
-            common: [common(Answerer::Primary), common(Answerer::Fallback)],
-            requests: self.requests.clone(),
+            series,
+            families: self.per_request.clone(),
             labels: [ns.to_string(), name.to_string()],
-            services: [route.primary.name.clone(), route.fallback.name.clone()],
-            upstream_duration: [upstream(Answerer::Primary), upstream(Answerer::Fallback)],
-            request_duration: self.request_duration.with_label_values(&[ns, name]),
-            fallback_status: self.fallbacks.with_label_values(&[ns, name, "status"]),
-            fallback_error: self.fallbacks.with_label_values(&[ns, name, "error"]),
-            skipped_body_too_large: self.fallbacks_skipped.with_label_values(&[
-                ns,
-                name,
-                "body_too_large",
-            ]),
-            upstream_errors: self.upstream_errors.clone(),
+            services,
         }
     }
 
     /// Counts a response fallthrough produced with no route to charge it to.
     pub fn unrouted_response(&self, code: &str) {
-        self.requests
+        self.per_request
+            .local()
+            .requests
             .with_label_values(&["", "", SELF_BACKEND, "", code])
             .inc();
     }
@@ -242,17 +357,23 @@ const COMMON_CODES: [u16; 2] = [200, 404];
 
 /// Metric handles for one route.
 pub struct RouteMetrics {
-    requests: IntCounterVec,
-    /// `requests_total` per backend (primary, fallback) for [`COMMON_CODES`].
-    common: [[IntCounter; COMMON_CODES.len()]; 2],
+    /// The route's fixed series, in each worker's copy of the families.
+    series: PerWorker<RouteSeries>,
+    /// For the rare label sets (other status codes, error kinds).
+    families: Arc<PerWorker<RequestFamilies>>,
     labels: [String; 2],
     services: [String; 2],
+}
+
+/// A route's fixed series in one worker's copy of the families.
+struct RouteSeries {
+    /// `requests_total` per backend (primary, fallback) for [`COMMON_CODES`].
+    common: [[IntCounter; COMMON_CODES.len()]; 2],
     upstream_duration: [Histogram; 2],
     request_duration: Histogram,
     fallback_status: IntCounter,
     fallback_error: IntCounter,
     skipped_body_too_large: IntCounter,
-    upstream_errors: IntCounterVec,
 }
 
 fn slot(b: Answerer) -> usize {
@@ -266,12 +387,14 @@ impl RouteMetrics {
     /// A response from `backend` reached the client with status `code`.
     pub fn response(&self, backend: Answerer, code: http::StatusCode) {
         if let Some(i) = COMMON_CODES.iter().position(|c| *c == code.as_u16()) {
-            self.common[slot(backend)][i].inc();
+            self.series.local().common[slot(backend)][i].inc();
             return;
         }
         let code = code.as_str();
         let [ns, name] = &self.labels;
-        self.requests
+        self.families
+            .local()
+            .requests
             .with_label_values(&[
                 ns,
                 name,
@@ -285,41 +408,188 @@ impl RouteMetrics {
     /// fallthrough answered the client itself (an upstream error).
     pub fn own_response(&self, code: &str) {
         let [ns, name] = &self.labels;
-        self.requests
+        self.families
+            .local()
+            .requests
             .with_label_values(&[ns, name, SELF_BACKEND, "", code])
             .inc();
     }
 
     /// One upstream attempt took `elapsed` to produce a response head (or fail).
     pub fn upstream_attempt(&self, backend: Answerer, elapsed: Duration) {
-        self.upstream_duration[slot(backend)].observe(elapsed.as_secs_f64());
+        self.series.local().upstream_duration[slot(backend)].observe(elapsed.as_secs_f64());
     }
 
     /// An upstream attempt failed.
     pub fn upstream_error(&self, backend: Answerer, kind: &str) {
         let [ns, name] = &self.labels;
-        self.upstream_errors
+        self.families
+            .local()
+            .upstream_errors
             .with_label_values(&[ns, name, backend.as_str(), kind])
             .inc();
     }
 
     /// The request went on to the fallback because of the primary's status.
     pub fn fallback_on_status(&self) {
-        self.fallback_status.inc();
+        self.series.local().fallback_status.inc();
     }
 
     /// The request went on to the fallback because the primary was unreachable.
     pub fn fallback_on_error(&self) {
-        self.fallback_error.inc();
+        self.series.local().fallback_error.inc();
     }
 
     /// The request would have gone on, but its body was over `maxReplayBytes`.
     pub fn fallback_skipped_body_too_large(&self) {
-        self.skipped_body_too_large.inc();
+        self.series.local().skipped_body_too_large.inc();
     }
 
-    /// The whole request took `elapsed`.
-    pub fn request_finished(&self, elapsed: Duration) {
-        self.request_duration.observe(elapsed.as_secs_f64());
+    /// Starts timing a whole request; the time is recorded when the timer is dropped.
+    pub fn request_timer(&self, started: Instant) -> RequestTimer {
+        RequestTimer {
+            started,
+            histogram: self.series.local().request_duration.clone(),
+        }
+    }
+}
+
+/// Observes a whole request's duration once, on drop (after the last byte of the
+/// response was written, or when the client went away). Holds its series, so a reload
+/// during a long download still records into the right one.
+pub struct RequestTimer {
+    started: Instant,
+    histogram: Histogram,
+}
+
+impl Drop for RequestTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::{Backend, Timeouts};
+
+    fn route() -> Route {
+        let backend = |port: u16| {
+            let authority: http::uri::Authority = format!("127.0.0.1:{port}").parse().unwrap();
+            Backend {
+                name: authority.to_string(),
+                scheme: http::uri::Scheme::HTTP,
+                endpoints: vec![authority],
+            }
+        };
+        Route {
+            namespace: "web".into(),
+            name: "shop".into(),
+            hosts: Vec::new(),
+            paths: vec!["/".into()],
+            primary: backend(1),
+            fallback: backend(2),
+            fallback_on: vec![404],
+            max_replay_bytes: 1024,
+            not_found_from: Answerer::Fallback,
+            fallback_on_error: false,
+            timeouts: Timeouts::default(),
+            redirect_to_https: false,
+        }
+    }
+
+    /// The value of the one line starting with `series ` in the text format.
+    fn value(text: &str, series: &str) -> f64 {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{series} ")))
+            .collect();
+        assert_eq!(lines.len(), 1, "{series} once in:\n{text}");
+        lines[0].rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_scrape_sums_what_each_worker_counted() {
+        let metrics = Metrics::new(2);
+        let shop = metrics.route(&route());
+        std::thread::scope(|s| {
+            for (worker, hits) in [(0, 3), (1, 2)] {
+                let shop = &shop;
+                s.spawn(move || {
+                    crate::shard::enter_worker(worker);
+                    for _ in 0..hits {
+                        shop.response(Answerer::Primary, http::StatusCode::OK);
+                        shop.upstream_attempt(Answerer::Primary, Duration::from_millis(2));
+                        drop(shop.request_timer(Instant::now()));
+                    }
+                    // Label sets resolved at request time, in each worker's copy.
+                    shop.response(Answerer::Fallback, http::StatusCode::SERVICE_UNAVAILABLE);
+                    shop.upstream_error(Answerer::Fallback, "connect");
+                    shop.fallback_on_status();
+                });
+            }
+        });
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        let labels = r#"namespace="web",route="shop""#;
+        for (series, expected) in [
+            (
+                format!(
+                    r#"fallthrough_requests_total{{backend="primary",code="200",{labels},service="127.0.0.1:1"}}"#
+                ),
+                5.0,
+            ),
+            (
+                format!(
+                    r#"fallthrough_requests_total{{backend="primary",code="404",{labels},service="127.0.0.1:1"}}"#
+                ),
+                0.0,
+            ),
+            (
+                format!(
+                    r#"fallthrough_requests_total{{backend="fallback",code="503",{labels},service="127.0.0.1:2"}}"#
+                ),
+                2.0,
+            ),
+            (
+                format!(
+                    r#"fallthrough_upstream_errors_total{{backend="fallback",kind="connect",{labels}}}"#
+                ),
+                2.0,
+            ),
+            (
+                r#"fallthrough_fallbacks_total{namespace="web",reason="status",route="shop"}"#
+                    .to_string(),
+                2.0,
+            ),
+            (
+                format!(
+                    r#"fallthrough_upstream_duration_seconds_count{{backend="primary",{labels}}}"#
+                ),
+                5.0,
+            ),
+            (
+                format!(
+                    r#"fallthrough_upstream_duration_seconds_bucket{{backend="primary",{labels},le="0.001"}}"#
+                ),
+                0.0,
+            ),
+            (
+                format!(
+                    r#"fallthrough_upstream_duration_seconds_bucket{{backend="primary",{labels},le="0.0025"}}"#
+                ),
+                5.0,
+            ),
+            (
+                format!(r#"fallthrough_request_duration_seconds_count{{{labels}}}"#),
+                5.0,
+            ),
+        ] {
+            assert_eq!(value(&text, &series), expected, "{series}");
+        }
+        let sum = value(
+            &text,
+            &format!(r#"fallthrough_upstream_duration_seconds_sum{{backend="primary",{labels}}}"#),
+        );
+        assert!((sum - 0.010).abs() < 1e-9, "sum {sum}");
     }
 }

@@ -136,9 +136,9 @@ async fn bind(
 
 async fn serve_files(args: RunArgs, path: PathBuf) -> Result<(), RunError> {
     let defaults = args.default_timeouts();
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(args.workers()));
     let readiness = Arc::new(Readiness::default());
-    let proxy = Proxy::new(metrics.clone(), args.client_limits());
+    let proxy = Proxy::new(metrics.clone(), args.client_limits(), args.workers());
 
     let default_cert = DefaultCert::from_args(&args)?;
     let loaded = files::load(&path, defaults).map_err(|errors| {
@@ -269,9 +269,9 @@ async fn kube_client(args: &RunArgs) -> Result<kube::Client, RunError> {
 
 async fn serve_cluster(args: RunArgs) -> Result<(), RunError> {
     let client = kube_client(&args).await?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(args.workers()));
     let readiness = Arc::new(Readiness::default());
-    let proxy = Proxy::new(metrics.clone(), args.client_limits());
+    let proxy = Proxy::new(metrics.clone(), args.client_limits(), args.workers());
     let (http, admin) = bind_both(&args).await?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let options = ControllerOptions {
@@ -325,10 +325,7 @@ async fn serve_until_stopped(
         // admin server lives until the process exits.
         std::future::pending::<()>(),
     ));
-    let workers = match args.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let workers = args.workers();
     tracing::info!(workers, "serving");
     let drained = listener::serve_workers(
         proxy,

@@ -10,7 +10,6 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -20,7 +19,7 @@ use hyper::body::Incoming;
 
 use super::rescue::ProxyError;
 use super::upstream::ResponseBody;
-use crate::metrics::RouteMetrics;
+use crate::metrics::RequestTimer;
 
 /// A request body as read from the client, ready to send upstream.
 pub enum RequestBody {
@@ -276,26 +275,6 @@ enum ClientKind {
 
 /// Any error a body can end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Observes the whole request's duration once, on drop. Holds its route's metrics so a
-/// reload during a long download still records into the right series.
-pub struct RequestTimer {
-    started: Instant,
-    metrics: Arc<RouteMetrics>,
-}
-
-impl RequestTimer {
-    /// Starts timing a request of the route whose metrics are given.
-    pub fn new(started: Instant, metrics: Arc<RouteMetrics>) -> Self {
-        RequestTimer { started, metrics }
-    }
-}
-
-impl Drop for RequestTimer {
-    fn drop(&mut self) {
-        self.metrics.request_finished(self.started.elapsed());
-    }
-}
 
 impl ClientBody {
     /// No body.

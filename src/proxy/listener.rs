@@ -77,6 +77,7 @@ pub async fn serve_workers(
         std::thread::Builder::new()
             .name(format!("fallthrough-worker-{worker}"))
             .spawn(move || {
+                crate::shard::enter_worker(worker);
                 let drained = runtime.block_on(async move {
                     let (listener, tls_listener) = match (
                         TcpListener::from_std(socket),

@@ -27,6 +27,7 @@ use hyper::body::Incoming;
 
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::routes::RouteTable;
+use crate::shard::{CacheLine, PerWorker};
 use body::ClientBody;
 use rescue::{rescue, ProxyError};
 
@@ -39,8 +40,8 @@ pub struct Snapshot {
 /// Per-route request-time state, parallel to the table's routes.
 struct RouteRuntime {
     metrics: Arc<RouteMetrics>,
-    /// Round-robin position per backend (primary, fallback).
-    turns: [AtomicUsize; 2],
+    /// Round-robin position per backend (primary, fallback), per worker like nginx's.
+    turns: PerWorker<[AtomicUsize; 2]>,
 }
 
 impl RouteRuntime {
@@ -49,7 +50,7 @@ impl RouteRuntime {
             crate::routes::Answerer::Primary => 0,
             crate::routes::Answerer::Fallback => 1,
         };
-        self.turns[slot].fetch_add(1, Ordering::Relaxed)
+        self.turns.local()[slot].fetch_add(1, Ordering::Relaxed)
     }
 }
 
@@ -93,21 +94,28 @@ impl Default for ClientLimits {
 pub struct Proxy {
     limits: ClientLimits,
     certs: Arc<crate::tls::SniResolver>,
-    snapshot: ArcSwap<Snapshot>,
+    /// The same snapshot behind one reference count per worker: each request holds the
+    /// snapshot it started with, and counting that on a shared count would make the
+    /// workers write one cache line on every request.
+    snapshot: PerWorker<ArcSwap<CacheLine<Arc<Snapshot>>>>,
     metrics: Arc<Metrics>,
+    workers: usize,
 }
 
 impl Proxy {
-    /// A proxy serving an empty table: every request gets 404 until routes are published.
-    pub fn new(metrics: Arc<Metrics>, limits: ClientLimits) -> Arc<Self> {
+    /// A proxy for `workers` data-plane threads, serving an empty table: every request
+    /// gets 404 until routes are published.
+    pub fn new(metrics: Arc<Metrics>, limits: ClientLimits, workers: usize) -> Arc<Self> {
+        let empty = Arc::new(Snapshot {
+            table: RouteTable::default(),
+            runtimes: Vec::new(),
+        });
         Arc::new(Proxy {
             limits,
             certs: Arc::default(),
-            snapshot: ArcSwap::from_pointee(Snapshot {
-                table: RouteTable::default(),
-                runtimes: Vec::new(),
-            }),
+            snapshot: PerWorker::new(workers, || ArcSwap::from_pointee(CacheLine(empty.clone()))),
             metrics,
+            workers,
         })
     }
 
@@ -118,10 +126,13 @@ impl Proxy {
             .iter()
             .map(|route| RouteRuntime {
                 metrics: Arc::new(self.metrics.route(route)),
-                turns: Default::default(),
+                turns: PerWorker::new(self.workers, Default::default),
             })
             .collect();
-        self.snapshot.store(Arc::new(Snapshot { table, runtimes }));
+        let snapshot = Arc::new(Snapshot { table, runtimes });
+        for copy in self.snapshot.all() {
+            copy.store(Arc::new(CacheLine(snapshot.clone())));
+        }
     }
 
     /// Handles one client request; never fails, errors become responses. The body is
@@ -132,7 +143,8 @@ impl Proxy {
         conn: &ConnInfo,
     ) -> Response<ClientBody> {
         let started = Instant::now();
-        let snapshot = self.snapshot.load_full();
+        let held = self.snapshot.local().load_full();
+        let snapshot = &held.0;
         if req.method() == Method::CONNECT {
             return self.unrouted(&ProxyError::ConnectMethod);
         }
@@ -152,7 +164,7 @@ impl Proxy {
             return https_redirect(&req, host);
         }
         match forward::forward(route, rt, req, conn, self.limits.body_timeout).await {
-            Ok(resp) => resp.map(|b| b.timed(body::RequestTimer::new(started, rt.metrics.clone()))),
+            Ok(resp) => resp.map(|b| b.timed(rt.metrics.request_timer(started))),
             Err(err) => {
                 tracing::warn!(
                     route = %format_args!("{}/{}", route.namespace, route.name),
@@ -161,7 +173,7 @@ impl Proxy {
                 );
                 let resp = rescue(&err);
                 rt.metrics.own_response(resp.status().as_str());
-                resp.map(|b| b.timed(body::RequestTimer::new(started, rt.metrics.clone())))
+                resp.map(|b| b.timed(rt.metrics.request_timer(started)))
             }
         }
     }

@@ -118,15 +118,21 @@ struct IdleConn {
     expires: Instant,
 }
 
-#[derive(Default)]
 struct Pool {
     /// By endpoint (`host:port`); a plain string key, hashed cheaply, as it is hashed
     /// twice per request.
     idle: rustc_hash::FxHashMap<Box<str>, Vec<IdleConn>>,
+    /// The time of the last sweep, which idle timeouts count from: a connection may
+    /// close up to one tick before its idle timeout, the safe side of the backend's own
+    /// keep-alive timeout, and checking one in reads no clock.
+    swept_at: Instant,
 }
 
 thread_local! {
-    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+    static POOL: RefCell<Pool> = RefCell::new(Pool {
+        idle: Default::default(),
+        swept_at: Instant::now(),
+    });
 }
 
 impl Pool {
@@ -143,8 +149,8 @@ impl Pool {
         None
     }
 
-    fn checkin(&mut self, conn: Conn, now: Instant) {
-        let expires = now + conn.idle;
+    fn checkin(&mut self, conn: Conn) {
+        let expires = self.swept_at + conn.idle;
         let key = conn.endpoint.as_str();
         if !self.idle.contains_key(key) {
             self.idle.insert(key.into(), Vec::new());
@@ -160,6 +166,7 @@ impl Pool {
     }
 
     fn sweep(&mut self, now: Instant) {
+        self.swept_at = now;
         self.idle.retain(|_, conns| {
             conns.retain(|c| c.expires > now);
             !conns.is_empty()
@@ -720,7 +727,7 @@ impl ResponseBody {
     fn finish(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         if self.keep_alive && conn.buf.is_empty() {
-            POOL.with(|pool| pool.borrow_mut().checkin(conn, Instant::now()));
+            POOL.with(|pool| pool.borrow_mut().checkin(conn));
         }
         self.framing = BodyFraming::Length(0);
     }

@@ -25,7 +25,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -112,8 +112,10 @@ pub(super) async fn serve(
         };
         let SimpleHead { req, mut answer } = head;
         answer.close |= stop.has_changed().unwrap_or(true);
-        let resp = proxy.handle(req, info).await;
-        let kept = respond(stream, &mut out, resp, answer).await;
+        let (parts, body) = proxy.handle(req, info).await.into_parts();
+        let (framing, close) = put_head(&mut out, &parts, &body, answer);
+        drop(parts);
+        let kept = write_body(stream, &mut out, body, framing, answer.trailers).await && !close;
         if !kept {
             let _ = stream.shutdown().await;
             return Served::Closed;
@@ -241,14 +243,14 @@ enum Framing {
     Chunked,
 }
 
-/// Writes `resp` to the client; whether the connection can carry another request.
-async fn respond(
-    stream: &mut TcpStream,
+/// Puts a response's head in `out`: how its body is framed, and whether the connection
+/// ends after it.
+fn put_head(
     out: &mut Vec<u8>,
-    resp: Response<ClientBody>,
+    parts: &http::response::Parts,
+    body: &ClientBody,
     answer: Answer,
-) -> bool {
-    let (parts, body) = resp.into_parts();
+) -> (Framing, bool) {
     out.clear();
     let status = parts.status;
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -297,15 +299,13 @@ async fn respond(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if framing == Framing::None {
-        drop(body);
-        return stream.write_all(out).await.is_ok() && !close;
-    }
-    let finished = write_body(stream, out, body, framing, answer.trailers).await;
-    finished && !close
+    (framing, close)
 }
 
 /// Streams `body` behind the head already in `out`; whether it ended as framed.
+///
+/// Called straight from [`serve`], not through a function that also writes the head:
+/// each level of `async fn` is a future copied whole when it starts, at every request.
 async fn write_body(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
@@ -313,6 +313,10 @@ async fn write_body(
     framing: Framing,
     trailers_allowed: bool,
 ) -> bool {
+    if framing == Framing::None {
+        drop(body);
+        return flush(stream, out).await;
+    }
     let mut body = pin!(body);
     let mut sent: u64 = 0;
     loop {

@@ -313,11 +313,14 @@ async fn exchange(
         // A route with a shorter timeout than the last request's on this connection.
         timer.as_mut().reset(deadline.into());
     }
-    let exchanged = before(&mut timer, deadline, async {
+    // Pinned here and polled through a plain function: an `async fn` wrapper would take
+    // the exchange by value and pin a second copy of it, both copied at each request.
+    let mut work = std::pin::pin!(async {
         write_request(&mut conn, head, body).await?;
         read_response(conn, &head.parts.method).await
-    })
-    .await;
+    });
+    let exchanged =
+        std::future::poll_fn(|cx| poll_before(&mut timer, deadline, work.as_mut(), cx)).await;
     match exchanged {
         Some(Ok(mut resp)) => {
             resp.body_mut().keep_timer(timer);
@@ -328,31 +331,28 @@ async fn exchange(
     }
 }
 
-/// Polls `exchange` until it completes or `deadline` passes (`None`).
+/// Polls `exchange`: its output when it completes, `None` once `deadline` has passed.
 ///
 /// Why not `tokio::time::timeout`: that registers and removes a timer per request. The
 /// connection's timer is armed once and, when it fires before the current deadline
 /// (it was set for an earlier request), pushed back to it: with the same timeout on
 /// every request it fires at most once per timeout period, whatever the traffic.
-async fn before<F: Future>(
+fn poll_before<F: Future>(
     timer: &mut Pin<Box<tokio::time::Sleep>>,
     deadline: Instant,
-    exchange: F,
-) -> Option<F::Output> {
-    let mut exchange = std::pin::pin!(exchange);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = exchange.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
+    exchange: Pin<&mut F>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<F::Output>> {
+    if let Poll::Ready(out) = exchange.poll(cx) {
+        return Poll::Ready(Some(out));
+    }
+    while timer.as_mut().poll(cx).is_ready() {
+        if Instant::now() >= deadline {
+            return Poll::Ready(None);
         }
-        while timer.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= deadline {
-                return Poll::Ready(None);
-            }
-            timer.as_mut().reset(deadline.into());
-        }
-        Poll::Pending
-    })
-    .await
+        timer.as_mut().reset(deadline.into());
+    }
+    Poll::Pending
 }
 
 /// How the request body is framed on the wire.

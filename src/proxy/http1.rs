@@ -115,6 +115,7 @@ pub(super) async fn serve(
         let (parts, body) = proxy.handle(req, info).await.into_parts();
         let (framing, close) = put_head(&mut out, &parts, &body, answer);
         drop(parts);
+        let body = pin!(body);
         let kept = write_body(stream, &mut out, body, framing, answer.trailers).await && !close;
         if !kept {
             let _ = stream.shutdown().await;
@@ -309,15 +310,13 @@ fn put_head(
 async fn write_body(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
-    body: ClientBody,
+    mut body: Pin<&mut ClientBody>,
     framing: Framing,
     trailers_allowed: bool,
 ) -> bool {
     if framing == Framing::None {
-        drop(body);
         return flush(stream, out).await;
     }
-    let mut body = pin!(body);
     let mut sent: u64 = 0;
     loop {
         // A frame ready now joins what is buffered; otherwise the buffer goes first, so

@@ -471,32 +471,7 @@ impl Drop for RequestTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::{Backend, Timeouts};
-
-    fn route() -> Route {
-        let backend = |port: u16| {
-            let authority: http::uri::Authority = format!("127.0.0.1:{port}").parse().unwrap();
-            Backend {
-                name: authority.to_string(),
-                scheme: http::uri::Scheme::HTTP,
-                endpoints: vec![authority],
-            }
-        };
-        Route {
-            namespace: "web".into(),
-            name: "shop".into(),
-            hosts: Vec::new(),
-            paths: vec!["/".into()],
-            primary: backend(1),
-            fallback: backend(2),
-            fallback_on: vec![404],
-            max_replay_bytes: 1024,
-            not_found_from: Answerer::Fallback,
-            fallback_on_error: false,
-            timeouts: Timeouts::default(),
-            redirect_to_https: false,
-        }
-    }
+    use crate::routes::tests::mk_route;
 
     /// The value of the one line starting with `series ` in the text format.
     fn value(text: &str, series: &str) -> f64 {
@@ -511,7 +486,7 @@ mod tests {
     #[test]
     fn a_scrape_sums_what_each_worker_counted() {
         let metrics = Metrics::new(2);
-        let shop = metrics.route(&route());
+        let shop = metrics.route(&mk_route("shop", &[], &["/"]));
         std::thread::scope(|s| {
             for (worker, hits) in [(0, 3), (1, 2)] {
                 let shop = &shop;

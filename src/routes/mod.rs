@@ -12,7 +12,7 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// Position of a route in its table; stable for the life of one table.
 pub type RouteIndex = usize;

@@ -9,7 +9,8 @@ fn backend(port: u16) -> Backend {
     }
 }
 
-fn mk_route(name: &str, hosts: &[&str], paths: &[&str]) -> Route {
+/// A route in namespace `web` from 127.0.0.1:1 (primary) to 127.0.0.1:2 (fallback).
+pub(crate) fn mk_route(name: &str, hosts: &[&str], paths: &[&str]) -> Route {
     Route {
         namespace: "web".into(),
         name: name.into(),

@@ -99,7 +99,6 @@ pub struct Proxy {
     /// workers write one cache line on every request.
     snapshot: PerWorker<ArcSwap<CacheLine<Arc<Snapshot>>>>,
     metrics: Arc<Metrics>,
-    workers: usize,
 }
 
 impl Proxy {
@@ -115,7 +114,6 @@ impl Proxy {
             certs: Arc::default(),
             snapshot: PerWorker::new(workers, || ArcSwap::from_pointee(CacheLine(empty.clone()))),
             metrics,
-            workers,
         })
     }
 
@@ -126,7 +124,7 @@ impl Proxy {
             .iter()
             .map(|route| RouteRuntime {
                 metrics: Arc::new(self.metrics.route(route)),
-                turns: PerWorker::new(self.workers, Default::default),
+                turns: self.snapshot.map(|_| Default::default()),
             })
             .collect();
         let snapshot = Arc::new(Snapshot { table, runtimes });

@@ -52,12 +52,6 @@ pub struct Metrics {
     tls_handshake_errors: IntCounterVec,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new(1)
-    }
-}
-
 fn counter_family(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition")
 }

@@ -112,6 +112,15 @@ fn framings(_method: &str, path: &str) -> (Vec<u8>, After) {
             "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
         ),
         "/garbage" => keep("HTTP/1.1 two hundred\r\n\r\n"),
+        "/fields" => keep(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             Set-Cookie: a=1\r\nX-Case:  Kept As Is \r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\
+             Trailer: x-sum\r\nProxy-Connection: keep-alive\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\nok",
+        ),
+        "/fields-named" => keep(
+            "HTTP/1.1 200 OK\r\nConnection: x-private, keep-alive\r\nX-Private: secret\r\n\
+             Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok",
+        ),
         _ => keep("HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\nnope"),
     }
 }
@@ -167,6 +176,51 @@ async fn every_response_framing_reaches_the_client_intact() {
     let (status, _, body) = ft.get("/length").await;
     assert_eq!((status.as_u16(), body.as_ref()), (200, &b"hello world"[..]));
     assert_eq!(php.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn response_fields_reach_the_client_without_hop_by_hop_ones() {
+    let php = scripted(framings).await;
+    let ft = Fallthrough::start(&route("shop", &php.url, &php.url, "")).await;
+    let mut conn = RawConn::open(ft.http).await;
+    // A GET is served by fallthrough's own HTTP/1.1 path, a POST with a body by hyper's.
+    for request in [
+        "GET {path} HTTP/1.1\r\nHost: shop\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: shop\r\nContent-Length: 1\r\n\r\nx",
+    ] {
+        for path in ["/fields", "/fields-named"] {
+            conn.write(request.replace("{path}", path).as_bytes()).await;
+            let resp = conn.response(false).await;
+            let names: Vec<&str> = resp.headers.iter().map(|(n, _)| n.as_str()).collect();
+            let context = format!("{path} for {request:?}: {names:?}");
+            assert_eq!(
+                (resp.status, &resp.body[..]),
+                (200, &b"ok"[..]),
+                "{context}"
+            );
+            let cookies: Vec<&str> = resp
+                .headers
+                .iter()
+                .filter(|(n, _)| n == "set-cookie")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(cookies, ["a=1", "b=2"], "{context}");
+            for gone in ["keep-alive", "trailer", "proxy-connection", "x-private"] {
+                assert!(resp.header(gone).is_none(), "{gone} forwarded: {context}");
+            }
+            assert_eq!(resp.header("connection"), None, "{context}");
+            let once = |name| names.iter().filter(|n| **n == name).count();
+            assert_eq!((once("content-length"), once("date")), (1, 1), "{context}");
+            if path == "/fields" {
+                assert_eq!(resp.header("x-case"), Some("Kept As Is"), "{context}");
+                assert_eq!(
+                    resp.header("date"),
+                    Some("Sun, 06 Nov 1994 08:49:37 GMT"),
+                    "the backend's Date is kept: {context}"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::headers::RawFields;
 use super::rescue::ProxyError;
 use super::upstream::ResponseBody;
 use crate::metrics::RequestTimer;
@@ -315,11 +316,30 @@ impl ClientBody {
         }
     }
 
+    /// The upstream head's fields if they were kept raw, taken out: whoever writes the
+    /// response head writes them too (see [`RawFields`]).
+    pub fn take_fields(&mut self) -> RawFields {
+        match &mut self.kind {
+            ClientKind::Upstream {
+                rest: Some(rest), ..
+            } => rest.take_fields(),
+            _ => RawFields::default(),
+        }
+    }
+
     /// Attaches the request timer, observed when the body is done.
     pub fn timed(mut self, timer: RequestTimer) -> Self {
         self.timer = Some(timer);
         self
     }
+}
+
+/// A response ready for hyper, which writes only the header map: any raw upstream
+/// fields move into it.
+pub fn with_header_map(mut resp: http::Response<ClientBody>) -> http::Response<ClientBody> {
+    let fields = resp.body_mut().take_fields();
+    fields.append_to(resp.headers_mut());
+    resp
 }
 
 impl Body for ClientBody {

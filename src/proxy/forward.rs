@@ -119,7 +119,8 @@ struct KeptAnswer {
 /// Reads the primary's "not found" body so its connection returns to the pool, keeping
 /// it only when `notFoundFrom: primary` may need it.
 async fn keep_primary_answer(route: &Route, resp: Response<ResponseBody>) -> Option<KeptAnswer> {
-    let (parts, body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
+    body.take_fields().append_to(&mut parts.headers);
     match route.not_found_from {
         Answerer::Primary => {
             // A broken body answers with what was read; the fallback may still serve.

@@ -5,6 +5,7 @@
 //! `X-Forwarded-*` fields to send with it ([`UpstreamHead`]). Upgrade requests keep
 //! `Connection`/`Upgrade` so the upstream can answer 101.
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -15,17 +16,85 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
 fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-authorization"
-    )
+    is_hop_by_hop_name(name.as_str().as_bytes())
+}
+
+/// [`is_fixed_hop_by_hop`] for a name as it came off the wire, in any case.
+fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    let candidates: &[&[u8]] = match name.len() {
+        2 => &[b"te"],
+        7 => &[b"upgrade", b"trailer"],
+        10 => &[b"connection", b"keep-alive"],
+        16 => &[b"proxy-connection"],
+        17 => &[b"transfer-encoding"],
+        19 => &[b"proxy-authorization"],
+        _ => return false,
+    };
+    candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
+}
+
+/// An upstream response's header fields as the backend wrote them: the lines after the
+/// status line, shared with the connection's read buffer.
+///
+/// Why: most responses pass through unchanged, and the cleartext HTTP/1.1 path copies
+/// these lines to the client as they are ([`RawFields::end_to_end`]) instead of building
+/// a header map and writing it back out, which cost about as much as parsing the head.
+/// Only a head that needs no rewriting beyond dropping hop-by-hop fields is kept this
+/// way; hyper's paths turn it into a header map ([`RawFields::append_to`]).
+#[derive(Default)]
+pub struct RawFields(Bytes);
+
+impl RawFields {
+    /// The fields of `head`, a complete response head httparse accepted.
+    pub fn of_head(head: &Bytes) -> Self {
+        let start = head
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(head.len(), |nl| nl + 1);
+        RawFields(head.slice(start..))
+    }
+
+    /// Every field, hop-by-hop ones included: name and value (trimmed, as httparse
+    /// reads them).
+    pub fn all(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.0.split(|&b| b == b'\n').filter_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            Some((&line[..colon], trim_ows(&line[colon + 1..])))
+        })
+    }
+
+    /// The fields a client may see: hop-by-hop ones left out.
+    pub fn end_to_end(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.all().filter(|(name, _)| !is_hop_by_hop_name(name))
+    }
+
+    /// Appends the end-to-end fields to `headers`, values still sharing the head.
+    pub fn append_to(self, headers: &mut HeaderMap) {
+        for (name, value) in self.end_to_end() {
+            // Both were validated when the head was read.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_maybe_shared(self.0.slice_ref(value)),
+            ) {
+                headers.append(name, value);
+            }
+        }
+    }
+}
+
+/// A field value without the optional whitespace (and `\r`) around it.
+fn trim_ows(value: &[u8]) -> &[u8] {
+    let ows = |b: &u8| matches!(b, b' ' | b'\t' | b'\r');
+    let start = value.iter().position(|b| !ows(b)).unwrap_or(value.len());
+    let end = value.iter().rposition(|b| !ows(b)).map_or(start, |e| e + 1);
+    &value[start..end]
+}
+
+/// Whether `value` may be a field value: what [`HeaderValue`] accepts.
+pub fn is_field_value(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
 }
 
 fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {

@@ -112,8 +112,8 @@ pub(super) async fn serve(
         };
         let SimpleHead { req, mut answer } = head;
         answer.close |= stop.has_changed().unwrap_or(true);
-        let (parts, body) = proxy.handle(req, info).await.into_parts();
-        let (framing, close) = put_head(&mut out, &parts, &body, answer);
+        let (parts, mut body) = proxy.handle(req, info).await.into_parts();
+        let (framing, close) = put_head(&mut out, &parts, &mut body, answer);
         drop(parts);
         let body = pin!(body);
         let kept = write_body(stream, &mut out, body, framing, answer.trailers).await && !close;
@@ -245,11 +245,12 @@ enum Framing {
 }
 
 /// Puts a response's head in `out`: how its body is framed, and whether the connection
-/// ends after it.
+/// ends after it. Upstream fields kept raw are taken from `body` and copied as the
+/// backend wrote them.
 fn put_head(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
-    body: &ClientBody,
+    body: &mut ClientBody,
     answer: Answer,
 ) -> (Framing, bool) {
     out.clear();
@@ -267,13 +268,20 @@ fn put_head(
             close |= has_token(value.as_bytes(), b"close");
             continue;
         } else if name == header::CONTENT_LENGTH {
-            length = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
+            length = parse_length(value.as_bytes());
         } else if name == header::DATE {
             dated = true;
         }
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let fields = body.take_fields();
+    for (name, value) in fields.end_to_end() {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            length = parse_length(value);
+        } else if name.eq_ignore_ascii_case(b"date") {
+            dated = true;
+        }
+        put_field(out, name, value);
     }
     if !dated {
         out.extend_from_slice(b"date: ");
@@ -301,6 +309,10 @@ fn put_head(
     }
     out.extend_from_slice(b"\r\n");
     (framing, close)
+}
+
+fn parse_length(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 /// Streams `body` behind the head already in `out`; whether it ended as framed.

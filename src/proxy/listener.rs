@@ -180,7 +180,10 @@ async fn serve(
                 let service = service_fn(move |req| {
                     let proxy = service_proxy.clone();
                     let info = info.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(req.map(Some), &info).await) }
+                    async move {
+                        let resp = proxy.handle(req.map(Some), &info).await;
+                        Ok::<_, Infallible>(super::body::with_header_map(resp))
+                    }
                 });
                 match &tls {
                     None => {

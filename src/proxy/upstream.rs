@@ -29,13 +29,12 @@ use http::uri::Authority;
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use smallvec::SmallVec;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
-use super::headers::UpstreamHead;
-use super::wire::{has_token, put_chunk_size, put_content_length, put_field, put_last_chunk};
+use super::headers::{is_field_value, RawFields, UpstreamHead};
+use super::wire::{put_chunk_size, put_content_length, put_field, put_last_chunk};
 use crate::routes::Timeouts;
 
 /// Largest response head (and trailer section) accepted from a backend.
@@ -473,10 +472,10 @@ async fn read_response(mut conn: Conn, method: &Method) -> Result<Response<Respo
             answered = true;
             match parse_head(&mut conn.buf, method).map_err(|error| Failed { error, answered })? {
                 Some(Parsed::Informational) => continue,
-                Some(Parsed::Final(parts, framing, keep_alive)) => {
+                Some(Parsed::Final(parts, fields, framing, keep_alive)) => {
                     return Ok(Response::from_parts(
                         parts,
-                        ResponseBody::new(conn, framing, keep_alive),
+                        ResponseBody::new(conn, fields, framing, keep_alive),
                     ));
                 }
                 None => {}
@@ -535,7 +534,9 @@ pub(super) fn poll_read_into(
 enum Parsed {
     /// A 1xx other than 101, consumed: the final response follows.
     Informational,
-    Final(http::response::Parts, BodyFraming, bool),
+    /// A final response: its head (headers in the map or, most often, still raw), how
+    /// its body is framed and whether the connection can be reused after it.
+    Final(http::response::Parts, RawFields, BodyFraming, bool),
 }
 
 /// Parses a complete response head at the front of `buf`, consuming it; `None` when more
@@ -543,7 +544,6 @@ enum Parsed {
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, UpstreamError> {
     // Nothing here is zeroed for all the headers allowed: a response has a handful.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut ranges: SmallVec<[(usize, usize, usize, usize); 24]> = SmallVec::new();
     let mut parsed = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut parsed,
@@ -572,29 +572,90 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Ups
         buf.advance(len);
         return Ok(Some(Parsed::Informational));
     }
-    // Header values share the head's buffer instead of being copied one by one.
-    let count = parsed.headers.len();
-    let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| s.as_ptr() as usize - base;
+    let mut fields = FramingFields::default();
     for h in parsed.headers.iter() {
-        let (name, value) = (at(h.name.as_bytes()), at(h.value));
-        ranges.push((name, name + h.name.len(), value, value + h.value.len()));
+        if !is_field_value(h.value) {
+            return Err(UpstreamError::Malformed("invalid header value"));
+        }
+        fields.see(h.name.as_bytes(), h.value);
     }
+    let (framing, keep_alive) = body_framing(status, version, &fields, method)?;
+    // Kept raw unless a field must be rewritten: a 101 keeps `Upgrade`, both framings
+    // lose `Content-Length`, `Connection` may name more fields to drop.
+    let both_framings = fields.transfer_encoding.is_some() && fields.content_length;
+    let rewrite = status == StatusCode::SWITCHING_PROTOCOLS
+        || both_framings
+        || fields.connection_names_fields;
+    let count = parsed.headers.len();
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, ne, start, end) in &ranges {
-        let name = HeaderName::from_bytes(&head[ns..ne])
-            .map_err(|_| UpstreamError::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-            .map_err(|_| UpstreamError::Malformed("invalid header value"))?;
-        headers.append(name, value);
-    }
-    let (framing, keep_alive) = body_framing(status, version, &mut headers, method)?;
+    let raw = RawFields::of_head(&head);
     let mut parts = Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;
-    parts.headers = headers;
-    Ok(Some(Parsed::Final(parts, framing, keep_alive)))
+    if !rewrite {
+        return Ok(Some(Parsed::Final(parts, raw, framing, keep_alive)));
+    }
+    parts.headers = HeaderMap::with_capacity(count);
+    for (name, value) in raw.all() {
+        let name = HeaderName::from_bytes(name)
+            .map_err(|_| UpstreamError::Malformed("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(value))
+            .map_err(|_| UpstreamError::Malformed("invalid header value"))?;
+        parts.headers.append(name, value);
+    }
+    if both_framings {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    Ok(Some(Parsed::Final(
+        parts,
+        RawFields::default(),
+        framing,
+        keep_alive,
+    )))
+}
+
+/// What a response's fields say about its framing, gathered in one pass.
+#[derive(Default)]
+struct FramingFields<'h> {
+    /// The last `Transfer-Encoding` field's value.
+    transfer_encoding: Option<&'h [u8]>,
+    /// Whether any `Content-Length` field was seen.
+    content_length: bool,
+    /// Their common value, or why there is none.
+    length: Option<Result<u64, &'static str>>,
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection` names something other than `close` and `keep-alive`.
+    connection_names_fields: bool,
+}
+
+impl<'h> FramingFields<'h> {
+    fn see(&mut self, name: &[u8], value: &'h [u8]) {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            self.content_length = true;
+            let n = std::str::from_utf8(value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or("invalid Content-Length");
+            self.length = match (self.length, n) {
+                (None, n) => Some(n),
+                (Some(Ok(a)), Ok(b)) if a != b => Some(Err("conflicting Content-Length values")),
+                (Some(Ok(_)), Err(e)) => Some(Err(e)),
+                (kept, _) => kept,
+            };
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.transfer_encoding = Some(value);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.connection_names_fields = true;
+                }
+            }
+        }
+    }
 }
 
 /// How a response body is delimited (RFC 9112 6.3), and whether the connection can carry
@@ -602,14 +663,10 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Ups
 fn body_framing(
     status: StatusCode,
     version: Version,
-    headers: &mut HeaderMap,
+    fields: &FramingFields<'_>,
     method: &Method,
 ) -> Result<(BodyFraming, bool), UpstreamError> {
-    let mut keep_alive = version == Version::HTTP_11
-        && !headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"close"));
+    let mut keep_alive = version == Version::HTTP_11 && !fields.close;
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Ok((BodyFraming::Switched, false));
     }
@@ -619,20 +676,14 @@ fn body_framing(
     {
         return Ok((BodyFraming::Length(0), keep_alive));
     }
-    if let Some(te) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
+    if let Some(te) = fields.transfer_encoding {
         let chunked = te
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        if headers.contains_key(header::CONTENT_LENGTH) {
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        if fields.content_length {
             // Both framings: a smuggling attempt or a broken backend. Trust
             // Transfer-Encoding (RFC 9112 6.3) and never reuse the connection.
-            headers.remove(header::CONTENT_LENGTH);
             keep_alive = false;
         }
         return Ok(if chunked {
@@ -641,23 +692,9 @@ fn body_framing(
             (BodyFraming::UntilClose, false)
         });
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let n = value
-            .to_str()
-            .ok()
-            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or(UpstreamError::Malformed("invalid Content-Length"))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(UpstreamError::Malformed(
-                "conflicting Content-Length values",
-            ));
-        }
-        length = Some(n);
-    }
-    Ok(match length {
-        Some(n) => (BodyFraming::Length(n), keep_alive),
+    Ok(match fields.length {
+        Some(Ok(n)) => (BodyFraming::Length(n), keep_alive),
+        Some(Err(why)) => return Err(UpstreamError::Malformed(why)),
         None => (BodyFraming::UntilClose, false),
     })
 }
@@ -684,6 +721,8 @@ enum Chunked {
 /// backend keeps it alive); dropped early, the connection is closed.
 pub struct ResponseBody {
     conn: Option<Conn>,
+    /// The head's fields when they were kept raw (see [`RawFields`]).
+    fields: RawFields,
     framing: BodyFraming,
     keep_alive: bool,
 }
@@ -700,12 +739,18 @@ pub enum ResponseBodyError {
 }
 
 impl ResponseBody {
-    fn new(conn: Conn, framing: BodyFraming, keep_alive: bool) -> Self {
+    fn new(conn: Conn, fields: RawFields, framing: BodyFraming, keep_alive: bool) -> Self {
         ResponseBody {
             conn: Some(conn),
+            fields,
             framing,
             keep_alive,
         }
+    }
+
+    /// The head's fields if they were kept raw, taken out (empty the second time).
+    pub fn take_fields(&mut self) -> RawFields {
+        std::mem::take(&mut self.fields)
     }
 
     /// Gives the connection its response header timer back, for its next request.
@@ -1005,7 +1050,7 @@ mod tests {
     #[test]
     fn response_framing_follows_rfc_9112() {
         let framing = |wire: &str, method| match head(wire, method) {
-            Ok(Some(Parsed::Final(_, framing, keep_alive))) => match framing {
+            Ok(Some(Parsed::Final(_, _, framing, keep_alive))) => match framing {
                 BodyFraming::Length(n) => format!("length {n}, keep-alive {keep_alive}"),
                 BodyFraming::Chunked(_) => format!("chunked, keep-alive {keep_alive}"),
                 BodyFraming::UntilClose => format!("until close, keep-alive {keep_alive}"),
@@ -1091,12 +1136,13 @@ mod tests {
 
     #[test]
     fn header_values_are_kept_byte_for_byte() {
-        let Ok(Some(Parsed::Final(parts, ..))) = head(
+        let Ok(Some(Parsed::Final(mut parts, fields, ..))) = head(
             "HTTP/1.1 404 Not Found\r\nx-a: 1\r\nset-cookie: a=1\r\nset-cookie: b=2\r\ncontent-length: 0\r\n\r\n",
             Method::GET,
         ) else {
             panic!("not parsed")
         };
+        fields.append_to(&mut parts.headers);
         assert_eq!(parts.status, 404);
         assert_eq!(parts.headers["x-a"], "1");
         let cookies: Vec<_> = parts.headers.get_all("set-cookie").iter().collect();

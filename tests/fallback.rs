@@ -54,6 +54,51 @@ async fn a_primary_404_is_answered_by_the_fallback_with_the_same_request() {
 }
 
 #[tokio::test]
+async fn both_backends_get_the_client_s_fields_minus_hop_by_hop_ones() {
+    let php = backend("php").status(404).body("php 404").start().await;
+    let py = backend("py").body("python page").start().await;
+    let ft = Fallthrough::start(&route("shop", &php.url(), &py.url(), "")).await;
+    let mut conn = RawConn::open(ft.http).await;
+    for (i, connection) in ["keep-alive", "x-private, keep-alive"].iter().enumerate() {
+        conn.write(
+            format!(
+                "GET /page HTTP/1.1\r\nHost: shop.example.com\r\nAccept: text/html\r\n\
+                 Connection: {connection}\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
+                 X-Private: secret\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        let resp = conn.response(false).await;
+        assert_eq!((resp.status, &resp.body[..]), (200, &b"python page"[..]));
+        for seen in [&php.seen()[i], &py.seen()[i]] {
+            let context = format!("Connection: {connection}; seen {:?}", seen.headers);
+            assert_eq!(seen.headers["host"], "shop.example.com", "{context}");
+            assert_eq!(seen.headers["accept"], "text/html", "{context}");
+            let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+            assert_eq!(cookies, ["a=1", "b=2"], "{context}");
+            assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1", "{context}");
+            assert_eq!(
+                seen.headers["x-forwarded-host"], "shop.example.com",
+                "{context}"
+            );
+            for gone in ["keep-alive", "te"] {
+                assert!(
+                    !seen.headers.contains_key(gone),
+                    "{gone} forwarded: {context}"
+                );
+            }
+            assert!(!seen.headers.contains_key("connection"), "{context}");
+            assert_eq!(
+                seen.headers.contains_key("x-private"),
+                i == 0,
+                "a field `Connection` names is dropped, others are not: {context}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn post_and_put_bodies_are_replayed_byte_identical() {
     let php = backend("php").status(404).start().await;
     let py = backend("py").start().await;

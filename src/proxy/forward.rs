@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 
 use super::body::{read_request_body, read_response_prefix, ClientBody, RequestBody, UpstreamBody};
-use super::headers::{is_upgrade, remove_hop_by_hop, UpstreamHead};
+use super::headers::{is_upgrade, remove_hop_by_hop, RawFields, UpstreamHead};
 use super::rescue::ProxyError;
 use super::upstream::{self, ResponseBody};
 use super::{ConnInfo, RouteRuntime};
@@ -31,13 +31,14 @@ pub(super) async fn forward(
     route: &Route,
     rt: &RouteRuntime,
     mut req: Request<Option<Incoming>>,
+    fields: RawFields,
     conn: &ConnInfo,
     body_timeout: Duration,
 ) -> Result<Response<ClientBody>, ProxyError> {
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let head = prepare_head(parts, conn, upgrade);
+    let head = prepare_head(parts, fields, conn, upgrade);
 
     let body = read_request_body(body, route.max_replay_bytes, body_timeout).await?;
     let (body, replay) = match body {
@@ -142,9 +143,15 @@ async fn keep_primary_answer(route: &Route, resp: Response<ResponseBody>) -> Opt
 }
 
 /// Rewrites the client's request head into the head every upstream attempt shares.
-fn prepare_head(mut parts: Parts, conn: &ConnInfo, upgrade: bool) -> UpstreamHead {
+fn prepare_head(
+    mut parts: Parts,
+    fields: RawFields,
+    conn: &ConnInfo,
+    upgrade: bool,
+) -> UpstreamHead {
     let host = match parts.headers.get(header::HOST) {
         Some(host) => Some(host.clone()),
+        None if !fields.is_empty() => fields.value(b"host"),
         None => {
             // HTTP/2 clients send :authority, HTTP/1.1 upstreams need Host.
             let host = parts
@@ -158,7 +165,7 @@ fn prepare_head(mut parts: Parts, conn: &ConnInfo, upgrade: bool) -> UpstreamHea
         }
     };
     remove_hop_by_hop(&mut parts.headers, upgrade);
-    UpstreamHead::new(parts, &conn.client_ip, conn.proto, host)
+    UpstreamHead::new(parts, fields, &conn.client_ip, conn.proto, host)
 }
 
 /// The next endpoint of `backend`, or 503 when it has none ready.

@@ -33,14 +33,15 @@ fn is_hop_by_hop_name(name: &[u8]) -> bool {
     candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
 }
 
-/// An upstream response's header fields as the backend wrote them: the lines after the
-/// status line, shared with the connection's read buffer.
+/// A message's header fields as they came off the wire: the lines after the request or
+/// status line, shared with the read buffer. Used for a client request read by the lean
+/// HTTP/1.1 path, and for any upstream response.
 ///
-/// Why: most responses pass through unchanged, and the cleartext HTTP/1.1 path copies
-/// these lines to the client as they are ([`RawFields::end_to_end`]) instead of building
-/// a header map and writing it back out, which cost about as much as parsing the head.
-/// Only a head that needs no rewriting beyond dropping hop-by-hop fields is kept this
-/// way; hyper's paths turn it into a header map ([`RawFields::append_to`]).
+/// Why: most heads pass through unchanged, and copying these lines to the next hop as
+/// they are ([`RawFields::end_to_end`]) saves building a header map and writing it back
+/// out, which cost about as much as parsing the head. Only a head that needs no
+/// rewriting beyond dropping hop-by-hop fields is kept this way; hyper's paths turn
+/// it into a header map ([`RawFields::append_to`]).
 #[derive(Default)]
 pub struct RawFields(Bytes);
 
@@ -52,6 +53,11 @@ impl RawFields {
             .position(|&b| b == b'\n')
             .map_or(head.len(), |nl| nl + 1);
         RawFields(head.slice(start..))
+    }
+
+    /// Whether there are no fields kept here.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Every field, hop-by-hop ones included: name and value (trimmed, as httparse
@@ -66,6 +72,18 @@ impl RawFields {
     /// The fields a client may see: hop-by-hop ones left out.
     pub fn end_to_end(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.all().filter(|(name, _)| !is_hop_by_hop_name(name))
+    }
+
+    /// The value of the first field called `name` (lowercase), sharing the head.
+    pub fn value(&self, name: &[u8]) -> Option<HeaderValue> {
+        let (_, value) = self.all().find(|(n, _)| n.eq_ignore_ascii_case(name))?;
+        HeaderValue::from_maybe_shared(self.0.slice_ref(value)).ok()
+    }
+
+    /// The `Host` field, if it is text.
+    pub fn host(&self) -> Option<&str> {
+        let (_, value) = self.all().find(|(n, _)| n.eq_ignore_ascii_case(b"host"))?;
+        std::str::from_utf8(value).ok()
     }
 
     /// Appends the end-to-end fields to `headers`, values still sharing the head.
@@ -88,6 +106,24 @@ fn trim_ows(value: &[u8]) -> &[u8] {
     let start = value.iter().position(|b| !ows(b)).unwrap_or(value.len());
     let end = value.iter().rposition(|b| !ows(b)).map_or(start, |e| e + 1);
     &value[start..end]
+}
+
+/// Whether a `Connection` value names fields to drop: any token but `close` and
+/// `keep-alive`.
+pub fn names_fields(connection: &[u8]) -> bool {
+    connection
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .any(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+        })
+}
+
+/// Whether a client-sent field is one fallthrough sets itself (`X-Forwarded-*`).
+pub fn is_forwarded_name(name: &[u8]) -> bool {
+    name.len() > 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-")
 }
 
 /// Whether `value` may be a field value: what [`HeaderValue`] accepts.
@@ -158,6 +194,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// inserts per request for headers that are only ever written out.
 pub struct UpstreamHead {
     pub parts: http::request::Parts,
+    /// The client's fields not in `parts`, kept raw: only ever a head with no
+    /// `X-Forwarded-*` and no `Connection` naming fields (see [`RawFields`]).
+    pub fields: RawFields,
     /// `X-Forwarded-For`: what the client sent, if anything, then the client's address.
     pub forwarded_for: HeaderValue,
     /// `X-Forwarded-Proto`: the scheme the client used.
@@ -173,6 +212,7 @@ impl UpstreamHead {
     /// 100-continue is over.
     pub fn new(
         mut parts: http::request::Parts,
+        fields: RawFields,
         client_ip: &HeaderValue,
         proto: &'static str,
         host: Option<HeaderValue>,
@@ -205,6 +245,7 @@ impl UpstreamHead {
         }
         UpstreamHead {
             parts,
+            fields,
             forwarded_for,
             forwarded_proto: proto,
             forwarded_host: host,
@@ -274,7 +315,13 @@ mod tests {
             ("accept", "*/*"),
         ]);
         let ip = HeaderValue::from_static("10.0.0.1");
-        let head = UpstreamHead::new(parts, &ip, "http", Some(HeaderValue::from_static("shop")));
+        let head = UpstreamHead::new(
+            parts,
+            RawFields::default(),
+            &ip,
+            "http",
+            Some(HeaderValue::from_static("shop")),
+        );
         let fields: Vec<_> = head.forwarded().collect();
         assert_eq!(
             fields,

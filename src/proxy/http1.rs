@@ -24,15 +24,15 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body;
-use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::body::ClientBody;
+use super::headers::{is_field_value, is_forwarded_name, names_fields, RawFields};
 use super::upstream::poll_read_into;
 use super::wire::{has_token, put_chunk_size, put_content_length, put_field, put_last_chunk};
 use super::{ConnInfo, Proxy};
@@ -110,9 +110,13 @@ pub(super) async fn serve(
                 _ => return Served::Closed,
             }
         };
-        let SimpleHead { req, mut answer } = head;
+        let SimpleHead {
+            req,
+            fields,
+            mut answer,
+        } = head;
         answer.close |= stop.has_changed().unwrap_or(true);
-        let (parts, mut body) = proxy.handle(req, info).await.into_parts();
+        let (parts, mut body) = proxy.handle(req, fields, info).await.into_parts();
         let (framing, close) = put_head(&mut out, &parts, &mut body, answer);
         drop(parts);
         let body = pin!(body);
@@ -128,6 +132,8 @@ pub(super) async fn serve(
 /// A request head served here.
 struct SimpleHead {
     req: Request<Option<hyper::body::Incoming>>,
+    /// The head's fields, unless they were put in `req`'s map.
+    fields: RawFields,
     answer: Answer,
 }
 
@@ -151,17 +157,12 @@ enum Parsed {
     Other,
 }
 
-/// Byte ranges of a header's name and value in the head.
-type HeaderRange = (usize, usize, usize, usize);
-
 /// Parses a complete request head at the front of `buf`, consuming it when it is served here.
 fn parse(buf: &mut BytesMut) -> Parsed {
     if buf.is_empty() {
         return Parsed::Partial;
     }
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    // Not a fixed array: zeroing room for every allowed header cost more than parsing.
-    let mut ranges: SmallVec<[HeaderRange; 24]> = SmallVec::new();
     let mut parsed = httparse::Request::new(&mut []);
     let len = match parsed.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -177,14 +178,18 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     if method == Method::CONNECT {
         return Parsed::Other;
     }
-    let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| s.as_ptr() as usize - base;
-    let path = (at(path.as_bytes()), at(path.as_bytes()) + path.len());
-    let (mut close, mut trailers) = (false, false);
+    let path = {
+        let start = path.as_ptr() as usize - buf.as_ptr() as usize;
+        start..start + path.len()
+    };
+    let (mut close, mut trailers, mut rewrite) = (false, false, false);
     let count = parsed.headers.len();
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
+        if !is_field_value(value) {
+            return Parsed::Other;
+        }
         if name.eq_ignore_ascii_case(b"content-length") {
             if value.trim_ascii() != b"0" {
                 return Parsed::Other;
@@ -199,34 +204,41 @@ fn parse(buf: &mut BytesMut) -> Parsed {
                 return Parsed::Other;
             }
             close |= has_token(value, b"close");
+            rewrite |= names_fields(value);
         } else if name.eq_ignore_ascii_case(b"te") {
             trailers |= has_token(value, b"trailers");
+        } else if is_forwarded_name(name) {
+            rewrite = true;
         }
-        let (n, v) = (at(name), at(value));
-        ranges.push((n, n + name.len(), v, v + value.len()));
     }
     let head = buf.split_to(len).freeze();
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(path.0..path.1)) else {
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(path)) else {
         return Parsed::Other;
     };
-    let mut headers = HeaderMap::with_capacity(count + 3);
-    for &(ns, ne, vs, ve) in &ranges {
-        let Ok(name) = HeaderName::from_bytes(&head[ns..ne]) else {
-            return Parsed::Other;
-        };
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(vs..ve)) else {
-            return Parsed::Other;
-        };
-        headers.append(name, value);
+    // Kept raw unless a field must be rewritten: see `UpstreamHead`.
+    let mut fields = RawFields::of_head(&head);
+    let mut req = Request::new(None);
+    if rewrite {
+        let headers = req.headers_mut();
+        headers.reserve(count + 3);
+        for (name, value) in fields.all() {
+            let Ok(name) = HeaderName::from_bytes(name) else {
+                return Parsed::Other;
+            };
+            let Ok(value) = HeaderValue::from_maybe_shared(head.slice_ref(value)) else {
+                return Parsed::Other;
+            };
+            headers.append(name, value);
+        }
+        fields = RawFields::default();
     }
     let head_only = method == Method::HEAD;
-    let mut req = Request::new(None);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = headers;
     Parsed::Simple(SimpleHead {
         req,
+        fields,
         answer: Answer {
             close,
             head_only,
@@ -488,8 +500,9 @@ mod tests {
             panic!("a plain GET goes to hyper");
         };
         assert_eq!(head.req.uri(), "/a?b=1");
-        assert_eq!(head.req.headers()["host"], "shop");
-        assert_eq!(head.req.headers()["x-y"], "z");
+        assert!(head.req.headers().is_empty(), "the fields are kept raw");
+        assert_eq!(head.fields.host(), Some("shop"));
+        assert_eq!(head.fields.value(b"x-y").unwrap(), "z");
         assert!(head.answer.trailers && !head.answer.close && !head.answer.head_only);
         let Parsed::Simple(head) =
             parse_str("HEAD / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n")

@@ -35,6 +35,7 @@ fn handshake_reason(err: &std::io::Error) -> &'static str {
     }
 }
 
+use super::headers::RawFields;
 use super::{http1, ConnInfo, Proxy};
 
 /// Largest request head accepted; larger ones get 431.
@@ -181,7 +182,7 @@ async fn serve(
                     let proxy = service_proxy.clone();
                     let info = info.clone();
                     async move {
-                        let resp = proxy.handle(req.map(Some), &info).await;
+                        let resp = proxy.handle(req.map(Some), RawFields::default(), &info).await;
                         Ok::<_, Infallible>(super::body::with_header_map(resp))
                     }
                 });

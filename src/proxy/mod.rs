@@ -29,6 +29,7 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::routes::RouteTable;
 use crate::shard::{CacheLine, PerWorker};
 use body::ClientBody;
+use headers::RawFields;
 use rescue::{rescue, ProxyError};
 
 /// A routing table plus what the proxy needs per route at request time.
@@ -134,10 +135,12 @@ impl Proxy {
     }
 
     /// Handles one client request; never fails, errors become responses. The body is
-    /// `None` for requests the lean HTTP/1.1 path read, which never have one.
+    /// `None` for requests the lean HTTP/1.1 path read, which never have one; that path
+    /// may also keep the head's fields raw, in `fields` rather than the request's map.
     pub async fn handle(
         &self,
         req: Request<Option<Incoming>>,
+        fields: RawFields,
         conn: &ConnInfo,
     ) -> Response<ClientBody> {
         let started = Instant::now();
@@ -146,7 +149,7 @@ impl Proxy {
         if req.method() == Method::CONNECT {
             return self.unrouted(&ProxyError::ConnectMethod);
         }
-        let host = match request_host(&req) {
+        let host = match request_host(&req).or_else(|| fields.host()) {
             Some(host) => host,
             None if req.version() >= Version::HTTP_11 => {
                 return self.unrouted(&ProxyError::MissingHost)
@@ -161,7 +164,7 @@ impl Proxy {
         if route.redirect_to_https && conn.proto == "http" {
             return https_redirect(&req, host);
         }
-        match forward::forward(route, rt, req, conn, self.limits.body_timeout).await {
+        match forward::forward(route, rt, req, fields, conn, self.limits.body_timeout).await {
             Ok(resp) => resp.map(|b| b.timed(rt.metrics.request_timer(started))),
             Err(err) => {
                 tracing::warn!(

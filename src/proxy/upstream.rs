@@ -33,8 +33,8 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
-use super::headers::{is_field_value, RawFields, UpstreamHead};
-use super::wire::{put_chunk_size, put_content_length, put_field, put_last_chunk};
+use super::headers::{is_field_value, names_fields, RawFields, UpstreamHead};
+use super::wire::{has_token, put_chunk_size, put_content_length, put_field, put_last_chunk};
 use crate::routes::Timeouts;
 
 /// Largest response head (and trailer section) accepted from a backend.
@@ -396,6 +396,13 @@ fn encode_head(upstream: &UpstreamHead, body: &UpstreamBody, out: &mut Vec<u8>) 
         }
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    for (name, value) in upstream.fields.end_to_end() {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            client_sent_length = true;
+            continue;
+        }
+        put_field(out, name, value);
+    }
     for (name, value) in upstream.forwarded() {
         put_field(out, name.as_bytes(), value);
     }
@@ -647,13 +654,8 @@ impl<'h> FramingFields<'h> {
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             self.transfer_encoding = Some(value);
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    self.close = true;
-                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                    self.connection_names_fields = true;
-                }
-            }
+            self.close |= has_token(value, b"close");
+            self.connection_names_fields |= names_fields(value);
         }
     }
 }

@@ -71,6 +71,10 @@ pub(super) async fn serve(
     let mut expiry = pin!(tokio::time::sleep(header_timeout));
     let mut watching = stop.clone();
     let mut stopping = pin!(watching.changed());
+    // `stopping` is polled once, to have shutdown wake this task; after that the stop
+    // flag is read directly: polling it at every request took a lock every connection
+    // shares.
+    let mut stop_registered = false;
     let mut waiting_since = Instant::now();
     loop {
         let head = loop {
@@ -88,8 +92,16 @@ pub(super) async fn serve(
                 }
                 // An idle keep-alive connection closes at shutdown; a half-sent head
                 // gets its header timeout.
-                if buf.is_empty() && stopping.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
+                if buf.is_empty() {
+                    if stop.has_changed().unwrap_or(true) {
+                        return Poll::Ready(None);
+                    }
+                    if !stop_registered {
+                        stop_registered = true;
+                        if stopping.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(None);
+                        }
+                    }
                 }
                 if expiry.as_mut().poll(cx).is_ready() {
                     let due = waiting_since + header_timeout;

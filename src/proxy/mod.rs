@@ -164,7 +164,8 @@ impl Proxy {
         if route.redirect_to_https && conn.proto == "http" {
             return https_redirect(&req, host);
         }
-        match forward::forward(route, rt, req, fields, conn, self.limits.body_timeout).await {
+        let body_timeout = self.limits.body_timeout;
+        match forward::forward(route, rt, req, fields, conn, started, body_timeout).await {
             Ok(resp) => resp.map(|b| b.timed(rt.metrics.request_timer(started))),
             Err(err) => {
                 tracing::warn!(

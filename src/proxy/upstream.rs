@@ -97,7 +97,9 @@ impl UpstreamError {
     }
 }
 
-/// One open connection to a backend.
+/// One open connection to a backend. Boxed from its connect on: a request moves its
+/// connection from the pool through the exchange into the response body and back, and
+/// each move then copies a pointer rather than the whole connection.
 struct Conn {
     stream: TcpStream,
     /// Bytes read from the socket and not yet consumed.
@@ -113,7 +115,7 @@ struct Conn {
 }
 
 struct IdleConn {
-    conn: Conn,
+    conn: Box<Conn>,
     expires: Instant,
 }
 
@@ -136,7 +138,7 @@ thread_local! {
 
 impl Pool {
     /// The most recently used idle connection that is still open, if any.
-    fn checkout(&mut self, endpoint: &Authority, now: Instant) -> Option<Conn> {
+    fn checkout(&mut self, endpoint: &Authority, now: Instant) -> Option<Box<Conn>> {
         let idle = self.idle.get_mut(endpoint.as_str())?;
         while let Some(entry) = idle.pop() {
             if entry.expires > now && still_open(&entry.conn.stream) {
@@ -148,7 +150,7 @@ impl Pool {
         None
     }
 
-    fn checkin(&mut self, conn: Conn) {
+    fn checkin(&mut self, conn: Box<Conn>) {
         let expires = self.swept_at + conn.idle;
         let key = conn.endpoint.as_str();
         if !self.idle.contains_key(key) {
@@ -197,7 +199,7 @@ async fn connect(
     endpoint: &Authority,
     timeout: Duration,
     idle: Duration,
-) -> Result<Conn, UpstreamError> {
+) -> Result<Box<Conn>, UpstreamError> {
     let failed = |timed_out, source| UpstreamError::Connect {
         endpoint: endpoint.clone(),
         timed_out,
@@ -225,7 +227,7 @@ async fn connect(
         }
     };
     stream.set_nodelay(true).map_err(|e| failed(false, e))?;
-    Ok(Conn {
+    Ok(Box::new(Conn {
         stream,
         buf: BytesMut::new(),
         out: Vec::new(),
@@ -233,7 +235,7 @@ async fn connect(
         endpoint: endpoint.clone(),
         idle,
         reused: false,
-    })
+    }))
 }
 
 /// Sends the request to `endpoint` and reads the response head, which must arrive
@@ -299,7 +301,7 @@ impl From<UpstreamError> for Failed {
 }
 
 async fn exchange(
-    mut conn: Conn,
+    mut conn: Box<Conn>,
     head: &UpstreamHead,
     body: UpstreamBody,
     deadline: Instant,
@@ -472,7 +474,10 @@ async fn write_body(
     Ok(())
 }
 
-async fn read_response(mut conn: Conn, method: &Method) -> Result<Response<ResponseBody>, Failed> {
+async fn read_response(
+    mut conn: Box<Conn>,
+    method: &Method,
+) -> Result<Response<ResponseBody>, Failed> {
     let mut answered = false;
     loop {
         if !conn.buf.is_empty() {
@@ -722,7 +727,7 @@ enum Chunked {
 /// After its last byte the connection goes back to this thread's pool (when the
 /// backend keeps it alive); dropped early, the connection is closed.
 pub struct ResponseBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     /// The head's fields when they were kept raw (see [`RawFields`]).
     fields: RawFields,
     framing: BodyFraming,
@@ -741,7 +746,7 @@ pub enum ResponseBodyError {
 }
 
 impl ResponseBody {
-    fn new(conn: Conn, fields: RawFields, framing: BodyFraming, keep_alive: bool) -> Self {
+    fn new(conn: Box<Conn>, fields: RawFields, framing: BodyFraming, keep_alive: bool) -> Self {
         ResponseBody {
             conn: Some(conn),
             fields,

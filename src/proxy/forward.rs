@@ -163,7 +163,7 @@ fn prepare_head(
 ) -> UpstreamHead {
     let host = match parts.headers.get(header::HOST) {
         Some(host) => Some(host.clone()),
-        None if !fields.is_empty() => fields.value(b"host"),
+        None if !fields.is_empty() => fields.host_value(),
         None => {
             // HTTP/2 clients send :authority, HTTP/1.1 upstreams need Host.
             let host = parts

@@ -43,30 +43,41 @@ fn is_hop_by_hop_name(name: &[u8]) -> bool {
 /// rewriting beyond dropping hop-by-hop fields is kept this way; hyper's paths turn
 /// it into a header map ([`RawFields::append_to`]).
 #[derive(Default)]
-pub struct RawFields(Bytes);
+pub struct RawFields {
+    lines: Bytes,
+    /// Where the `Host` value is in `lines`, when the lean HTTP/1.1 path saw one:
+    /// routing and the upstream head both need it.
+    host: Option<(usize, usize)>,
+}
 
 impl RawFields {
     /// The fields of `head`, a complete response head httparse accepted.
     pub fn of_head(head: &Bytes) -> Self {
-        let start = head
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(head.len(), |nl| nl + 1);
-        RawFields(head.slice(start..))
+        let start = memchr::memchr(b'\n', head).map_or(head.len(), |nl| nl + 1);
+        RawFields {
+            lines: head.slice(start..),
+            host: None,
+        }
+    }
+
+    /// The fields of `head`, a complete request head httparse accepted, whose `Host`
+    /// value is at `host` (a byte range of `head`).
+    pub fn of_request_head(head: &Bytes, host: Option<(usize, usize)>) -> Self {
+        let mut fields = RawFields::of_head(head);
+        let skipped = head.len() - fields.lines.len();
+        fields.host = host.map(|(start, end)| (start - skipped, end - skipped));
+        fields
     }
 
     /// Whether there are no fields kept here.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.lines.is_empty()
     }
 
     /// Every field, hop-by-hop ones included: name and value (trimmed, as httparse
     /// reads them).
-    pub fn all(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.0.split(|&b| b == b'\n').filter_map(|line| {
-            let colon = line.iter().position(|&b| b == b':')?;
-            Some((&line[..colon], trim_ows(&line[colon + 1..])))
-        })
+    pub fn all(&self) -> Lines<'_> {
+        Lines(&self.lines)
     }
 
     /// The fields a client may see: hop-by-hop ones left out.
@@ -74,16 +85,16 @@ impl RawFields {
         self.all().filter(|(name, _)| !is_hop_by_hop_name(name))
     }
 
-    /// The value of the first field called `name` (lowercase), sharing the head.
-    pub fn value(&self, name: &[u8]) -> Option<HeaderValue> {
-        let (_, value) = self.all().find(|(n, _)| n.eq_ignore_ascii_case(name))?;
-        HeaderValue::from_maybe_shared(self.0.slice_ref(value)).ok()
+    /// The `Host` value, sharing the head.
+    pub fn host_value(&self) -> Option<HeaderValue> {
+        let (start, end) = self.host?;
+        HeaderValue::from_maybe_shared(self.lines.slice(start..end)).ok()
     }
 
     /// The `Host` field, if it is text.
     pub fn host(&self) -> Option<&str> {
-        let (_, value) = self.all().find(|(n, _)| n.eq_ignore_ascii_case(b"host"))?;
-        std::str::from_utf8(value).ok()
+        let (start, end) = self.host?;
+        std::str::from_utf8(&self.lines[start..end]).ok()
     }
 
     /// Appends the end-to-end fields to `headers`, values still sharing the head.
@@ -92,11 +103,29 @@ impl RawFields {
             // Both were validated when the head was read.
             if let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(name),
-                HeaderValue::from_maybe_shared(self.0.slice_ref(value)),
+                HeaderValue::from_maybe_shared(self.lines.slice_ref(value)),
             ) {
                 headers.append(name, value);
             }
         }
+    }
+}
+
+/// The fields of a validated head, one line at a time.
+pub struct Lines<'a>(&'a [u8]);
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // httparse allows no space before the colon, so the name is all that precedes it;
+        // the blank line that ends the head has none.
+        let colon = memchr::memchr(b':', self.0)?;
+        let rest = &self.0[colon + 1..];
+        let nl = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        let field = (&self.0[..colon], trim_ows(&rest[..nl]));
+        self.0 = rest.get(nl + 1..).unwrap_or_default();
+        Some(field)
     }
 }
 
@@ -294,6 +323,36 @@ mod tests {
         remove_hop_by_hop(&mut h, false);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["accept"]);
+    }
+
+    #[test]
+    fn raw_fields_read_as_httparse_does_and_leave_hop_by_hop_ones_out() {
+        let head = Bytes::from_static(
+            b"HTTP/1.1 200 OK\r\nHost:  a:8080 \r\nKeep-Alive: 5\r\nx-empty:\r\n\
+              Set-Cookie: a=1; Path=/\nTE: trailers\r\nSet-Cookie:\tb=2\r\n\r\n",
+        );
+        let fields = RawFields::of_request_head(&head, Some((24, 30)));
+        let all: Vec<_> = fields.all().collect();
+        let expected: [(&[u8], &[u8]); 6] = [
+            (b"Host", b"a:8080"),
+            (b"Keep-Alive", b"5"),
+            (b"x-empty", b""),
+            (b"Set-Cookie", b"a=1; Path=/"),
+            (b"TE", b"trailers"),
+            (b"Set-Cookie", b"b=2"),
+        ];
+        assert_eq!(all, expected);
+        let kept: Vec<_> = fields.end_to_end().map(|(n, _)| n).collect();
+        assert_eq!(
+            kept,
+            [&b"Host"[..], b"x-empty", b"Set-Cookie", b"Set-Cookie"]
+        );
+        assert_eq!(fields.host(), Some("a:8080"));
+        let mut map = HeaderMap::new();
+        fields.append_to(&mut map);
+        let cookies: Vec<_> = map.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; Path=/", "b=2"]);
+        assert!(!map.contains_key("te") && !map.contains_key("keep-alive"));
     }
 
     #[test]

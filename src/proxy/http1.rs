@@ -190,11 +190,15 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     if method == Method::CONNECT {
         return Parsed::Other;
     }
-    let path = {
-        let start = path.as_ptr() as usize - buf.as_ptr() as usize;
-        start..start + path.len()
+    let base = buf.as_ptr() as usize;
+    let range = |s: &[u8]| {
+        (
+            s.as_ptr() as usize - base,
+            s.as_ptr() as usize - base + s.len(),
+        )
     };
-    let (mut close, mut trailers, mut rewrite) = (false, false, false);
+    let path = range(path.as_bytes());
+    let (mut close, mut trailers, mut rewrite, mut host) = (false, false, false, None);
     let count = parsed.headers.len();
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
@@ -219,16 +223,18 @@ fn parse(buf: &mut BytesMut) -> Parsed {
             rewrite |= names_fields(value);
         } else if name.eq_ignore_ascii_case(b"te") {
             trailers |= has_token(value, b"trailers");
+        } else if name.eq_ignore_ascii_case(b"host") {
+            host = host.or(Some(range(value)));
         } else if is_forwarded_name(name) {
             rewrite = true;
         }
     }
     let head = buf.split_to(len).freeze();
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(path)) else {
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(path.0..path.1)) else {
         return Parsed::Other;
     };
     // Kept raw unless a field must be rewritten: see `UpstreamHead`.
-    let mut fields = RawFields::of_head(&head);
+    let mut fields = RawFields::of_request_head(&head, host);
     let mut req = Request::new(None);
     if rewrite {
         let headers = req.headers_mut();
@@ -336,7 +342,14 @@ fn put_head(
 }
 
 fn parse_length(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value).ok()?.trim().parse().ok()
+    let digits = value.trim_ascii();
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// Streams `body` behind the head already in `out`; whether it ended as framed.
@@ -514,7 +527,15 @@ mod tests {
         assert_eq!(head.req.uri(), "/a?b=1");
         assert!(head.req.headers().is_empty(), "the fields are kept raw");
         assert_eq!(head.fields.host(), Some("shop"));
-        assert_eq!(head.fields.value(b"x-y").unwrap(), "z");
+        let fields: Vec<_> = head.fields.all().collect();
+        assert_eq!(
+            fields,
+            [
+                (&b"Host"[..], &b"shop"[..]),
+                (b"X-Y", b"z"),
+                (b"TE", b"trailers")
+            ]
+        );
         assert!(head.answer.trailers && !head.answer.close && !head.answer.head_only);
         let Parsed::Simple(head) =
             parse_str("HEAD / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n")
@@ -543,6 +564,27 @@ mod tests {
             parse_str("GET / HTTP/1.1\r\nHost"),
             Parsed::Partial
         ));
+    }
+
+    #[test]
+    fn content_lengths_are_digits_only() {
+        assert_eq!(parse_length(b" 1234 "), Some(1234));
+        assert_eq!(parse_length(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"-1",
+            b"1 2",
+            b"+1",
+            b"0x10",
+        ] {
+            assert_eq!(
+                parse_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -34,7 +34,9 @@ use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
 use super::headers::{is_field_value, names_fields, RawFields, UpstreamHead};
-use super::wire::{has_token, put_chunk_size, put_content_length, put_field, put_last_chunk};
+use super::wire::{
+    has_token, parse_content_length, put_chunk_size, put_content_length, put_field, put_last_chunk,
+};
 use crate::routes::Timeouts;
 
 /// Largest response head (and trailer section) accepted from a backend.
@@ -645,11 +647,7 @@ impl<'h> FramingFields<'h> {
     fn see(&mut self, name: &[u8], value: &'h [u8]) {
         if name.eq_ignore_ascii_case(b"content-length") {
             self.content_length = true;
-            let n = std::str::from_utf8(value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or("invalid Content-Length");
+            let n = parse_content_length(value).ok_or("invalid Content-Length");
             self.length = match (self.length, n) {
                 (None, n) => Some(n),
                 (Some(Ok(a)), Ok(b)) if a != b => Some(Err("conflicting Content-Length values")),

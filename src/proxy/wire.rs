@@ -2,7 +2,7 @@
 //!
 //! In: header fields, chunk sizes, comma-separated header values.
 //! Out: bytes appended to a write buffer (the client side in `http1`, the upstream side
-//! in `upstream`), or whether a value lists a token.
+//! in `upstream`), whether a value lists a token, a `Content-Length` value.
 
 use std::io::Write;
 
@@ -36,6 +36,18 @@ pub fn put_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A `Content-Length` value: digits only (whitespace around them aside), no sign.
+pub fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
 /// Whether a comma-separated header value lists `token` (case-insensitively).
 pub fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
@@ -46,6 +58,30 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_lengths_are_digits_only() {
+        assert_eq!(parse_content_length(b" 1234 "), Some(1234));
+        assert_eq!(
+            parse_content_length(b"18446744073709551615"),
+            Some(u64::MAX)
+        );
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"-1",
+            b"1 2",
+            b"+1",
+            b"0x10",
+        ] {
+            assert_eq!(
+                parse_content_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn chunks_fields_and_tokens() {

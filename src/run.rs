@@ -179,20 +179,62 @@ async fn serve_files(args: RunArgs, path: PathBuf) -> Result<(), RunError> {
     serve_until_stopped(&args, proxy, metrics, readiness, http, admin).await
 }
 
-/// The data-plane listeners.
+/// The data-plane listeners: for each address, one socket per worker thread.
 pub(crate) struct Listeners {
-    http: TcpListener,
-    https: TcpListener,
+    http: Vec<std::net::TcpListener>,
+    https: Vec<std::net::TcpListener>,
 }
 
 async fn bind_both(args: &RunArgs) -> Result<(Listeners, TcpListener), RunError> {
-    let http = bind("HTTP", "http-addr", args.http_addr).await?;
-    let https = bind("HTTPS", "https-addr", args.https_addr).await?;
+    let workers = args.workers();
+    let http = bind_workers("HTTP", "http-addr", args.http_addr, workers)?;
+    let https = bind_workers("HTTPS", "https-addr", args.https_addr, workers)?;
     let admin = bind("the admin server", "admin-addr", args.admin_addr).await?;
-    tracing::info!("listening for HTTP on {}", http.local_addr()?);
-    tracing::info!("listening for HTTPS on {}", https.local_addr()?);
+    tracing::info!("listening for HTTP on {}", http[0].local_addr()?);
+    tracing::info!("listening for HTTPS on {}", https[0].local_addr()?);
     tracing::info!("admin server listening on {}", admin.local_addr()?);
     Ok((Listeners { http, https }, admin))
+}
+
+/// Binds `addr` once per worker with `SO_REUSEPORT`, so the kernel spreads new
+/// connections evenly over the workers.
+///
+/// Why: with one socket shared by every worker, the worker that wakes first accepts a
+/// whole burst of connections (all of wrk's 32, at times), and one core then serves
+/// them while the others idle. nginx (`reuseport`) and Envoy (by default) do the same.
+/// A plain bind comes first, so an address anything else holds, another fallthrough
+/// included, is refused as before rather than shared.
+fn bind_workers(
+    what: &'static str,
+    flag: &'static str,
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<Vec<std::net::TcpListener>, RunError> {
+    let failed = |source| RunError::Bind {
+        what,
+        addr,
+        flag,
+        source,
+    };
+    // With port 0, the port the system picks here is the one the workers share.
+    let bound = std::net::TcpListener::bind(addr)
+        .and_then(|probe| probe.local_addr())
+        .map_err(failed)?;
+    (0..workers.max(1))
+        .map(|_| reuse_port_listener(bound).map_err(failed))
+        .collect()
+}
+
+fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As tokio's `TcpListener::bind`: a restart need not wait for old connections.
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// `--default-cert-file`/`--default-key-file`: served when no route's certificate fits.
@@ -331,7 +373,6 @@ async fn serve_until_stopped(
         proxy,
         listeners.http,
         listeners.https,
-        workers,
         stop_rx.clone(),
         args.shutdown_grace,
     );

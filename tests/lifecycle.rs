@@ -182,6 +182,48 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
 }
 
 #[tokio::test]
+async fn a_second_instance_on_a_taken_address_is_refused_and_names_the_flag() {
+    let php = backend("php").start().await;
+    let routes = route("shop", &php.url(), &php.url(), "");
+    let ft = Fallthrough::start(&routes).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, routes).unwrap();
+    // The workers' sockets share their port (SO_REUSEPORT); another process must not.
+    let taken = ft.http.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_fallthrough"))
+            .arg("run")
+            .args(["--http-addr", &taken])
+            .args(["--admin-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0"])
+            .args(["--routes".as_ref(), path.as_os_str()])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A second instance that shares the port serves forever: give it 20 s to fail.
+        for _ in 0..200 {
+            if second.try_wait().unwrap().is_some() {
+                return second.wait_with_output().unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        second.kill().unwrap();
+        panic!("a second instance is serving on the address the first one holds");
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second instance started: {stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen for HTTP on {}", ft.http))
+            && stderr.contains("--http-addr"),
+        "{stderr}"
+    );
+    let (status, _, _) = ft.get("/").await;
+    assert_eq!(status, 200, "the first instance still serves");
+}
+
+#[tokio::test]
 async fn a_large_streamed_response_does_not_grow_memory() {
     const SIZE: u64 = 1024 * 1024 * 1024;
     let php = backend("php").stream(SIZE).start().await;

@@ -1,10 +1,12 @@
 //! Accepts client connections and drives HTTP/1.1 and cleartext HTTP/2 on them.
 //!
-//! In: a bound listener, the proxy, and a shutdown signal.
+//! In: bound listening sockets (one per worker and address), the proxy, and a shutdown
+//! signal.
 //! Out: served connections. The data plane runs one single-threaded runtime per worker
-//! thread (one per core by default), each accepting from the same listening socket, so a
-//! connection, its requests and their upstream connections stay on one thread (the
-//! nginx worker model: no cross-thread wake-ups per request). On shutdown the listener
+//! thread (one per core by default), each accepting from its own socket (`SO_REUSEPORT`:
+//! the kernel spreads new connections over them), so a connection, its requests and
+//! their upstream connections stay on one thread (the nginx worker model: no
+//! cross-thread wake-ups per request). On shutdown the listener
 //! closes at once, open connections finish their in-flight requests (keep-alive ones are
 //! told to close) for up to the grace period, and what is left after that is dropped.
 
@@ -53,22 +55,19 @@ pub enum Drained {
     GraceExpired,
 }
 
-/// Serves on `workers` threads until `stop_rx` turns true, then drains for up to `grace`.
+/// Serves on one thread per pair of listening sockets (`http[i]`, `https[i]`: each
+/// worker its own, bound with `SO_REUSEPORT`) until `stop_rx` turns true, then drains
+/// for up to `grace`.
 pub async fn serve_workers(
     proxy: Arc<Proxy>,
-    http: TcpListener,
-    https: TcpListener,
-    workers: usize,
+    http: Vec<std::net::TcpListener>,
+    https: Vec<std::net::TcpListener>,
     stop_rx: watch::Receiver<bool>,
     grace: Duration,
 ) -> std::io::Result<Drained> {
-    let shared = http.into_std()?;
-    let shared_tls = https.into_std()?;
     let tls = TlsAcceptor::from(proxy.tls_config());
-    let mut finished = Vec::with_capacity(workers);
-    for worker in 0..workers.max(1) {
-        let socket = shared.try_clone()?;
-        let tls_socket = shared_tls.try_clone()?;
+    let mut finished = Vec::with_capacity(http.len());
+    for (worker, (socket, tls_socket)) in http.into_iter().zip(https).enumerate() {
         let tls = tls.clone();
         let (done_tx, done_rx) = oneshot::channel();
         let (proxy, stop_rx) = (proxy.clone(), stop_rx.clone());
@@ -106,8 +105,6 @@ pub async fn serve_workers(
             })?;
         finished.push(done_rx);
     }
-    // Each worker holds its own handle on the sockets; they close when the last one stops.
-    drop((shared, shared_tls));
     let mut result = Drained::Clean;
     for done in finished {
         if done.await != Ok(Drained::Clean) {

@@ -97,6 +97,20 @@ impl RawFields {
         std::str::from_utf8(&self.lines[start..end]).ok()
     }
 
+    /// Every field, hop-by-hop ones included, in a header map with room for `extra`
+    /// more, values still sharing the head; `None` if a name or value is not valid.
+    /// For a head that must be rewritten.
+    pub fn into_full_map(self, extra: usize) -> Option<HeaderMap> {
+        let mut headers = HeaderMap::new();
+        headers.reserve(self.all().count() + extra);
+        for (name, value) in self.all() {
+            let name = HeaderName::from_bytes(name).ok()?;
+            let value = HeaderValue::from_maybe_shared(self.lines.slice_ref(value)).ok()?;
+            headers.append(name, value);
+        }
+        Some(headers)
+    }
+
     /// Appends the end-to-end fields to `headers`, values still sharing the head.
     pub fn append_to(self, headers: &mut HeaderMap) {
         for (name, value) in self.end_to_end() {

@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header;
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -201,7 +201,6 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     };
     let path = range(path.as_bytes());
     let (mut close, mut trailers, mut rewrite, mut host) = (false, false, false, None);
-    let count = parsed.headers.len();
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
@@ -239,18 +238,11 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     let mut fields = RawFields::of_request_head(&head, host);
     let mut req = Request::new(None);
     if rewrite {
-        let headers = req.headers_mut();
-        headers.reserve(count + 3);
-        for (name, value) in fields.all() {
-            let Ok(name) = HeaderName::from_bytes(name) else {
-                return Parsed::Other;
-            };
-            let Ok(value) = HeaderValue::from_maybe_shared(head.slice_ref(value)) else {
-                return Parsed::Other;
-            };
-            headers.append(name, value);
-        }
-        fields = RawFields::default();
+        // Room for the fields the upstream head may add.
+        let Some(headers) = std::mem::take(&mut fields).into_full_map(3) else {
+            return Parsed::Other;
+        };
+        *req.headers_mut() = headers;
     }
     let head_only = method == Method::HEAD;
     *req.method_mut() = method;

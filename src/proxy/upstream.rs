@@ -600,7 +600,6 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Ups
     let rewrite = status == StatusCode::SWITCHING_PROTOCOLS
         || both_framings
         || fields.connection_names_fields;
-    let count = parsed.headers.len();
     let head = buf.split_to(len).freeze();
     let raw = RawFields::of_head(&head);
     let mut parts = Response::new(()).into_parts().0;
@@ -609,14 +608,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Ups
     if !rewrite {
         return Ok(Some(Parsed::Final(parts, raw, framing, keep_alive)));
     }
-    parts.headers = HeaderMap::with_capacity(count);
-    for (name, value) in raw.all() {
-        let name = HeaderName::from_bytes(name)
-            .map_err(|_| UpstreamError::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(value))
-            .map_err(|_| UpstreamError::Malformed("invalid header value"))?;
-        parts.headers.append(name, value);
-    }
+    parts.headers = raw
+        .into_full_map(0)
+        .ok_or(UpstreamError::Malformed("invalid header field"))?;
     if both_framings {
         parts.headers.remove(header::CONTENT_LENGTH);
     }

@@ -99,6 +99,20 @@ async fn both_backends_get_the_client_s_fields_minus_hop_by_hop_ones() {
 }
 
 #[tokio::test]
+async fn an_absolute_uri_without_host_reaches_the_backend_with_its_authority_as_host() {
+    let php = backend("php").body("php page").start().await;
+    let ft = Fallthrough::start(&route("shop", &php.url(), &php.url(), "")).await;
+    let mut conn = RawConn::open(ft.http).await;
+    conn.write(b"GET http://shop.example.com/page HTTP/1.1\r\nAccept: text/html\r\n\r\n")
+        .await;
+    let resp = conn.response(false).await;
+    assert_eq!((resp.status, &resp.body[..]), (200, &b"php page"[..]));
+    let seen = &php.seen()[0];
+    assert_eq!(seen.headers["host"], "shop.example.com");
+    assert_eq!(seen.headers["accept"], "text/html");
+}
+
+#[tokio::test]
 async fn post_and_put_bodies_are_replayed_byte_identical() {
     let php = backend("php").status(404).start().await;
     let py = backend("py").start().await;

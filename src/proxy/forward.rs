@@ -161,11 +161,12 @@ fn prepare_head(
     conn: &ConnInfo,
     upgrade: bool,
 ) -> UpstreamHead {
-    let host = match parts.headers.get(header::HOST) {
-        Some(host) => Some(host.clone()),
-        None if !fields.is_empty() => fields.host_value(),
+    let sent = parts.headers.get(header::HOST).cloned();
+    let host = match sent.or_else(|| fields.host_value()) {
+        Some(host) => Some(host),
         None => {
-            // HTTP/2 clients send :authority, HTTP/1.1 upstreams need Host.
+            // HTTP/2 clients send :authority, and HTTP/1.1 ones may send an absolute
+            // URI without Host: HTTP/1.1 upstreams need Host.
             let host = parts
                 .uri
                 .authority()

@@ -69,11 +69,6 @@ impl RawFields {
         fields
     }
 
-    /// Whether there are no fields kept here.
-    pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
-    }
-
     /// Every field, hop-by-hop ones included: name and value (trimmed, as httparse
     /// reads them).
     pub fn all(&self) -> Lines<'_> {

@@ -32,7 +32,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::body::ClientBody;
-use super::headers::{is_field_value, is_forwarded_name, names_fields, RawFields};
+use super::headers::{
+    is_field_value, is_forwarded_name, is_hop_by_hop_name, names_fields, FieldScan, RawFields,
+};
 use super::upstream::poll_read_into;
 use super::wire::{
     has_token, parse_content_length, put_chunk_size, put_content_length, put_field, put_last_chunk,
@@ -201,16 +203,20 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     };
     let path = range(path.as_bytes());
     let (mut close, mut trailers, mut rewrite, mut host) = (false, false, false, None);
+    let mut scan = FieldScan::new(buf);
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
         if !is_field_value(value) {
             return Parsed::Other;
         }
+        // Hop-by-hop fields and `Content-Length` (restated upstream) are cut.
+        let mut cut = true;
         if name.eq_ignore_ascii_case(b"content-length") {
             if value.trim_ascii() != b"0" {
                 return Parsed::Other;
             }
+            scan.facts.content_length = Some(0);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"expect")
             || name.eq_ignore_ascii_case(b"upgrade")
@@ -226,16 +232,21 @@ fn parse(buf: &mut BytesMut) -> Parsed {
             trailers |= has_token(value, b"trailers");
         } else if name.eq_ignore_ascii_case(b"host") {
             host = host.or(Some(range(value)));
+            cut = false;
         } else if is_forwarded_name(name) {
             rewrite = true;
+        } else {
+            cut = is_hop_by_hop_name(name);
         }
+        scan.see(name, value, cut);
     }
+    let spans = scan.finish(len);
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path.0..path.1)) else {
         return Parsed::Other;
     };
     // Kept raw unless a field must be rewritten: see `UpstreamHead`.
-    let mut fields = RawFields::of_request_head(&head, host);
+    let mut fields = RawFields::of_request_head(&head, host, spans);
     let mut req = Request::new(None);
     if rewrite {
         // Room for the fields the upstream head may add.
@@ -299,13 +310,19 @@ fn put_head(
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     let fields = body.take_fields();
-    for (name, value) in fields.end_to_end() {
-        if name.eq_ignore_ascii_case(b"content-length") {
-            length = parse_content_length(value);
-        } else if name.eq_ignore_ascii_case(b"date") {
-            dated = true;
+    if let Some(facts) = fields.copyable() {
+        fields.copy_to(out);
+        length = length.or(facts.content_length);
+        dated |= facts.dated;
+    } else {
+        for (name, value) in fields.end_to_end() {
+            if name.eq_ignore_ascii_case(b"content-length") {
+                length = parse_content_length(value);
+            } else if name.eq_ignore_ascii_case(b"date") {
+                dated = true;
+            }
+            put_field(out, name, value);
         }
-        put_field(out, name, value);
     }
     if !dated {
         out.extend_from_slice(b"date: ");

@@ -33,7 +33,9 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
-use super::headers::{is_field_value, names_fields, RawFields, UpstreamHead};
+use super::headers::{
+    is_field_value, is_hop_by_hop_name, names_fields, FieldScan, RawFields, UpstreamHead,
+};
 use super::wire::{
     has_token, parse_content_length, put_chunk_size, put_content_length, put_field, put_last_chunk,
 };
@@ -400,12 +402,18 @@ fn encode_head(upstream: &UpstreamHead, body: &UpstreamBody, out: &mut Vec<u8>) 
         }
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    for (name, value) in upstream.fields.end_to_end() {
-        if name.eq_ignore_ascii_case(b"content-length") {
-            client_sent_length = true;
-            continue;
+    if let Some(facts) = upstream.fields.copyable() {
+        // The lean parser cut `Content-Length` with the hop-by-hop fields.
+        upstream.fields.copy_to(out);
+        client_sent_length |= facts.content_length.is_some();
+    } else {
+        for (name, value) in upstream.fields.end_to_end() {
+            if name.eq_ignore_ascii_case(b"content-length") {
+                client_sent_length = true;
+                continue;
+            }
+            put_field(out, name, value);
         }
-        put_field(out, name, value);
     }
     for (name, value) in upstream.forwarded() {
         put_field(out, name.as_bytes(), value);
@@ -545,6 +553,9 @@ pub(super) fn poll_read_into(
     }
 }
 
+// Returned once per response head and matched at once: boxing the large variant
+// would cost an allocation per response to save a copy.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     /// A 1xx other than 101, consumed: the final response follows.
     Informational,
@@ -587,12 +598,20 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Ups
         return Ok(Some(Parsed::Informational));
     }
     let mut fields = FramingFields::default();
+    let mut scan = FieldScan::new(buf);
     for h in parsed.headers.iter() {
         if !is_field_value(h.value) {
             return Err(UpstreamError::Malformed("invalid header value"));
         }
-        fields.see(h.name.as_bytes(), h.value);
+        let name = h.name.as_bytes();
+        fields.see(name, h.value);
+        scan.facts.dated |= name.eq_ignore_ascii_case(b"date");
+        scan.see(name, h.value, is_hop_by_hop_name(name));
     }
+    if let Some(Ok(length)) = fields.length {
+        scan.facts.content_length = Some(length);
+    }
+    let spans = scan.finish(len);
     let (framing, keep_alive) = body_framing(status, version, &fields, method)?;
     // Kept raw unless a field must be rewritten: a 101 keeps `Upgrade`, both framings
     // lose `Content-Length`, `Connection` may name more fields to drop.
@@ -601,7 +620,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Ups
         || both_framings
         || fields.connection_names_fields;
     let head = buf.split_to(len).freeze();
-    let raw = RawFields::of_head(&head);
+    let raw = RawFields::of_head(&head, spans);
     let mut parts = Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;

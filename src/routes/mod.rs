@@ -5,8 +5,8 @@
 //! route, plus the [`Conflict`]s of routes that lost a host+path to an earlier one.
 //! Nothing here knows about Kubernetes, sockets or tasks, so it is tested in isolation.
 
+use rustc_hash::FxHashMap;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -198,8 +198,10 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    exact: HashMap<String, PathSet>,
-    wildcard: HashMap<String, PathSet>,
+    // Fx, not SipHash: every request hashes its host here, and the keys come from
+    // configuration, so a client cannot make them collide.
+    exact: FxHashMap<String, PathSet>,
+    wildcard: FxHashMap<String, PathSet>,
     any: PathSet,
 }
 
@@ -271,8 +273,10 @@ impl RouteTable {
     /// and within it the longest prefix.
     pub fn lookup(&self, host: &str, path: &str) -> Option<RouteIndex> {
         let host = normalise_host(host);
-        if let Some(found) = self.exact.get(host.as_ref()).and_then(|s| s.find(path)) {
-            return Some(found);
+        if !self.exact.is_empty() {
+            if let Some(found) = self.exact.get(host.as_ref()).and_then(|s| s.find(path)) {
+                return Some(found);
+            }
         }
         if !self.wildcard.is_empty() {
             // Try `.b.example.com`, then `.example.com`, then `.com`: longest suffix first.
@@ -327,8 +331,10 @@ fn strip_port(host: &str) -> &str {
             None => host,
         };
     }
-    match host.rfind(':') {
-        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+    // Digits back from the end, then a colon: a port (a byte scan, as ports are short).
+    let digits = host.bytes().rev().take_while(u8::is_ascii_digit).count();
+    match host.len().checked_sub(digits + 1) {
+        Some(colon) if host.as_bytes()[colon] == b':' => &host[..colon],
         _ => host,
     }
 }

@@ -105,6 +105,17 @@ fn host_matching_ignores_case_port_and_trailing_dot() {
     assert!(table.lookup("SHOP.Example.com:8080", "/").is_some());
     assert!(table.lookup("shop.example.com.", "/").is_some());
     assert!(table.lookup("shop.example.org", "/").is_none());
+    assert!(
+        table.lookup("shop.example.com:", "/").is_some(),
+        "empty port"
+    );
+    assert!(
+        table.lookup("shop.example.com:80x", "/").is_none(),
+        "not a port"
+    );
+    let (table, _) = RouteTable::build([mk_route("v6", &["[::1]"], &["/"])]);
+    assert!(table.lookup("[::1]:8080", "/").is_some());
+    assert!(table.lookup("[::1]", "/").is_some());
 }
 
 #[test]

@@ -173,23 +173,18 @@ impl RawFields {
         fields
     }
 
-    /// What the parser noted about the fields, when they can be copied in slices.
-    pub fn copyable(&self) -> Option<FieldFacts> {
-        self.spans.map(|spans| spans.facts)
-    }
-
-    /// Appends the lines [`RawFields::copyable`] vouched for: the end-to-end fields,
-    /// less any the parser chose to cut.
-    pub fn copy_to(&self, out: &mut Vec<u8>) {
-        let Some(spans) = &self.spans else {
-            return;
-        };
+    /// Appends the end-to-end fields, less any the parser chose to cut, in a few slices,
+    /// and returns what the parser noted about them; `None`, with nothing written, when
+    /// the parser found the lines cannot be copied that way (see [`FieldScan`]).
+    pub fn copy_to(&self, out: &mut Vec<u8>) -> Option<FieldFacts> {
+        let spans = self.spans.as_ref()?;
         let mut at = 0;
         for &(start, end) in &spans.cuts[..usize::from(spans.cut_count)] {
             out.extend_from_slice(&self.lines[at..start as usize]);
             at = end as usize;
         }
         out.extend_from_slice(&self.lines[at..spans.end as usize]);
+        Some(spans.facts)
     }
 
     /// Every field, hop-by-hop ones included: name and value (trimmed, as httparse
@@ -515,9 +510,8 @@ mod tests {
             scan.see(name, h.value, is_hop_by_hop_name(name));
         }
         let fields = RawFields::of_head(&Bytes::from_static(head), scan.finish(len));
-        fields.copyable()?;
         let mut out = Vec::new();
-        fields.copy_to(&mut out);
+        fields.copy_to(&mut out)?;
         let mut one_by_one = Vec::new();
         for (name, value) in fields.end_to_end() {
             crate::proxy::wire::put_field(&mut one_by_one, name, value);

@@ -310,8 +310,7 @@ fn put_head(
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     let fields = body.take_fields();
-    if let Some(facts) = fields.copyable() {
-        fields.copy_to(out);
+    if let Some(facts) = fields.copy_to(out) {
         length = length.or(facts.content_length);
         dated |= facts.dated;
     } else {

@@ -402,9 +402,8 @@ fn encode_head(upstream: &UpstreamHead, body: &UpstreamBody, out: &mut Vec<u8>) 
         }
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if let Some(facts) = upstream.fields.copyable() {
-        // The lean parser cut `Content-Length` with the hop-by-hop fields.
-        upstream.fields.copy_to(out);
+    // The lean parser cut `Content-Length` with the hop-by-hop fields.
+    if let Some(facts) = upstream.fields.copy_to(out) {
         client_sent_length |= facts.content_length.is_some();
     } else {
         for (name, value) in upstream.fields.end_to_end() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::proxy::ClientLimits;
+use crate::proxy::Limits;
 use crate::routes::Timeouts;
 
 /// fallthrough: send every request to the legacy app first, and what it 404s to the new one.
@@ -128,20 +128,36 @@ pub struct RunArgs {
     /// Time a client has to send a complete request head before the connection is closed.
     #[arg(long, env = "FALLTHROUGH_CLIENT_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub client_header_timeout: Duration,
-    /// Time a client has to send a request body that is buffered for replay; then 408.
+    /// Longest pause between two reads of a request body; then 408 (or, for a body
+    /// already streaming to the primary, a broken upload).
     #[arg(long, env = "FALLTHROUGH_CLIENT_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub client_body_timeout: Duration,
+    /// Longest a client may take none of its answer's bytes before the connection closes.
+    #[arg(long, env = "FALLTHROUGH_CLIENT_WRITE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub client_write_timeout: Duration,
+    /// Longest a backend may take none of a request body's bytes or send none of a
+    /// response body's (a primary's 404 body included); then the exchange is given up.
+    #[arg(long, env = "FALLTHROUGH_UPSTREAM_READ_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub upstream_read_timeout: Duration,
+    /// Bytes all request bodies buffered for replay may hold together; when it is
+    /// spent, bodies stream to the primary only (counted as
+    /// fallthrough_fallbacks_skipped_total{reason="replay_budget"}).
+    #[arg(long, env = "FALLTHROUGH_MAX_REPLAY_BUFFER", default_value_t = 256 * 1024 * 1024)]
+    pub max_replay_buffer: u64,
     /// Default lifetime of an idle upstream keep-alive connection (routes may override).
     #[arg(long, env = "FALLTHROUGH_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 }
 
 impl RunArgs {
-    /// How long clients may take to send their requests.
-    pub fn client_limits(&self) -> ClientLimits {
-        ClientLimits {
+    /// The data plane's limits and timeouts.
+    pub fn limits(&self) -> Limits {
+        Limits {
             header_timeout: self.client_header_timeout,
             body_timeout: self.client_body_timeout,
+            write_timeout: self.client_write_timeout,
+            upstream_read_timeout: self.upstream_read_timeout,
+            replay_budget: self.max_replay_buffer,
         }
     }
 

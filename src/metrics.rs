@@ -102,7 +102,7 @@ impl RequestFamilies {
             ),
             fallbacks_skipped: counter_family(
                 "fallthrough_fallbacks_skipped_total",
-                "Requests that should have gone to the fallback but could not be replayed (body_too_large).",
+                "Requests that should have gone to the fallback but could not be replayed: body_too_large (over maxReplayBytes), replay_budget (the process-wide --max-replay-buffer was spent).",
                 &["namespace", "route", "reason"],
             ),
             upstream_duration: histogram_family(
@@ -292,6 +292,9 @@ impl Metrics {
                     name,
                     "body_too_large",
                 ]),
+                skipped_budget: f
+                    .fallbacks_skipped
+                    .with_label_values(&[ns, name, "replay_budget"]),
             }
         });
         RouteMetrics {
@@ -374,6 +377,7 @@ struct RouteSeries {
     fallback_status: IntCounter,
     fallback_error: IntCounter,
     skipped_body_too_large: IntCounter,
+    skipped_budget: IntCounter,
 }
 
 fn slot(b: Answerer) -> usize {
@@ -443,6 +447,11 @@ impl RouteMetrics {
     /// The request would have gone on, but its body was over `maxReplayBytes`.
     pub fn fallback_skipped_body_too_large(&self) {
         self.series.local().skipped_body_too_large.inc();
+    }
+
+    /// The request would have gone on, but the replay budget was spent when it came.
+    pub fn fallback_skipped_replay_budget(&self) {
+        self.series.local().skipped_budget.inc();
     }
 
     /// Starts timing a whole request; the time is recorded when the timer is dropped.

@@ -138,7 +138,7 @@ async fn serve_files(args: RunArgs, path: PathBuf) -> Result<(), RunError> {
     let defaults = args.default_timeouts();
     let metrics = Arc::new(Metrics::new(args.workers()));
     let readiness = Arc::new(Readiness::default());
-    let proxy = Proxy::new(metrics.clone(), args.client_limits(), args.workers());
+    let proxy = Proxy::new(metrics.clone(), args.limits(), args.workers());
 
     let default_cert = DefaultCert::from_args(&args)?;
     let loaded = files::load(&path, defaults).map_err(|errors| {
@@ -313,7 +313,7 @@ async fn serve_cluster(args: RunArgs) -> Result<(), RunError> {
     let client = kube_client(&args).await?;
     let metrics = Arc::new(Metrics::new(args.workers()));
     let readiness = Arc::new(Readiness::default());
-    let proxy = Proxy::new(metrics.clone(), args.client_limits(), args.workers());
+    let proxy = Proxy::new(metrics.clone(), args.limits(), args.workers());
     let (http, admin) = bind_both(&args).await?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let options = ControllerOptions {

@@ -99,17 +99,43 @@ async fn both_backends_get_the_client_s_fields_minus_hop_by_hop_ones() {
 }
 
 #[tokio::test]
-async fn an_absolute_uri_without_host_reaches_the_backend_with_its_authority_as_host() {
+async fn an_absolute_target_is_routed_and_forwarded_on_its_authority_not_host() {
     let php = backend("php").body("php page").start().await;
-    let ft = Fallthrough::start(&route("shop", &php.url(), &php.url(), "")).await;
+    let other = backend("other").body("other page").start().await;
+    let routes = [
+        route(
+            "shop",
+            &php.url(),
+            &php.url(),
+            "  hosts: [shop.example.com]\n",
+        ),
+        route(
+            "other",
+            &other.url(),
+            &other.url(),
+            "  hosts: [other.example.com]\n",
+        ),
+    ]
+    .join("---\n");
+    let ft = Fallthrough::start(&routes).await;
     let mut conn = RawConn::open(ft.http).await;
-    conn.write(b"GET http://shop.example.com/page HTTP/1.1\r\nAccept: text/html\r\n\r\n")
-        .await;
+    // RFC 9112 §3.2.2: the target's authority replaces a different Host.
+    conn.write(
+        b"GET http://shop.example.com/page HTTP/1.1\r\nHost: other.example.com\r\nAccept: text/html\r\n\r\n",
+    )
+    .await;
     let resp = conn.response(false).await;
     assert_eq!((resp.status, &resp.body[..]), (200, &b"php page"[..]));
     let seen = &php.seen()[0];
     assert_eq!(seen.headers["host"], "shop.example.com");
     assert_eq!(seen.headers["accept"], "text/html");
+    assert!(other.seen().is_empty());
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400 whatever its target.
+    let mut conn = RawConn::open(ft.http).await;
+    conn.write(b"GET http://shop.example.com/page HTTP/1.1\r\n\r\n")
+        .await;
+    assert_eq!(conn.response(false).await.status, 400);
+    assert_eq!(php.seen().len(), 1);
 }
 
 #[tokio::test]

@@ -1,13 +1,16 @@
-//! Request and response bodies on their way through the proxy.
+//! Request bodies on their way to the backends, and the replay copy.
 //!
-//! In: the client's request body (`Incoming`, or none) and upstream response bodies.
+//! In: the client's request body ([`ClientRequestBody`]: HTTP/1.x from `h1`, HTTP/2
+//! from hyper, or none).
 //! Out: [`UpstreamBody`], a request body that can be sent again when it was small enough
-//! to buffer (the replay), and [`ClientBody`], what streams back to the client.
-//! Bodies over the replay limit are never truncated: what was read so far is chained in
+//! to buffer (the replay).
+//! Bodies over the route's replay limit, or arriving while the process-wide
+//! [`ReplayBudget`] is spent, are never truncated: what was read so far is chained in
 //! front of the unread rest and sent once.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -17,46 +20,180 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::headers::RawFields;
-use super::rescue::ProxyError;
-use super::upstream::ResponseBody;
-use crate::metrics::RequestTimer;
+use super::h1::inbound::{H1Body, H1BodyError};
+
+/// A client's request body, whichever protocol brought it.
+pub enum ClientRequestBody {
+    /// HTTP/1.x, read by fallthrough's own server.
+    H1(H1Body),
+    /// HTTP/2, read by hyper.
+    H2(Incoming),
+}
+
+/// Why a client's request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// HTTP/1.x.
+    #[error(transparent)]
+    H1(#[from] H1BodyError),
+    /// HTTP/2.
+    #[error(transparent)]
+    H2(#[from] hyper::Error),
+}
+
+impl Body for ClientRequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ClientRequestBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+            ClientRequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientRequestBody::H1(b) => b.is_end_stream(),
+            ClientRequestBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientRequestBody::H1(b) => b.size_hint(),
+            ClientRequestBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// The bytes all buffered replay bodies of the process may hold together
+/// (`--max-replay-buffer`): a bound on memory whatever clients send.
+#[derive(Debug)]
+pub struct ReplayBudget {
+    left: AtomicU64,
+}
+
+impl ReplayBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: u64) -> Arc<Self> {
+        Arc::new(ReplayBudget {
+            left: AtomicU64::new(bytes),
+        })
+    }
+
+    /// Takes `bytes` from the budget, if that many are left.
+    fn take(self: &Arc<Self>, bytes: u64) -> Option<Held> {
+        self.left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(bytes)
+            })
+            .ok()?;
+        Some(Held {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+
+    /// Bytes left, for tests and metrics.
+    pub fn left(&self) -> u64 {
+        self.left.load(Ordering::Acquire)
+    }
+}
+
+/// Bytes taken from the budget, given back when the buffered body is dropped.
+#[derive(Debug)]
+struct Held {
+    budget: Arc<ReplayBudget>,
+    bytes: u64,
+}
+
+impl Held {
+    fn grow(&mut self, bytes: u64) -> bool {
+        match self.budget.take(bytes) {
+            Some(mut more) => {
+                self.bytes += std::mem::take(&mut more.bytes);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.left.fetch_add(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Why a body will be sent once, without a copy to replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoReplay {
+    /// Larger than the route's `maxReplayBytes`.
+    TooLarge,
+    /// The process-wide replay budget was spent.
+    BudgetSpent,
+}
 
 /// A request body as read from the client, ready to send upstream.
 pub enum RequestBody {
     /// The whole body is in memory: it can be sent any number of times.
     Replayable(UpstreamBody),
-    /// The body is larger than the replay limit: it can be sent once.
-    Streaming(UpstreamBody),
+    /// The body cannot be replayed, and why: it can be sent once.
+    Streaming(UpstreamBody, NoReplay),
 }
 
-/// Reads the client's body into memory when it fits in `limit` bytes, within `timeout`.
+/// Reads the client's body into memory when it fits in `limit` bytes and in the
+/// `budget`, within `timeout`.
 ///
 /// A declared `Content-Length` over the limit is not read at all; a body that turns out
-/// to be larger while reading keeps the read part and streams the rest. Bodyless
-/// requests (most of them) return at once, without arming a timer.
+/// to be larger while reading, or that finds the budget spent, keeps the read part and
+/// streams the rest. Bodyless requests (most of them) return at once, without arming a
+/// timer or touching the budget.
 pub async fn read_request_body(
-    body: Option<Incoming>,
+    body: Option<ClientRequestBody>,
     limit: u64,
+    budget: &Arc<ReplayBudget>,
     timeout: std::time::Duration,
-) -> Result<RequestBody, ProxyError> {
+) -> Result<RequestBody, ReadBodyError> {
     let Some(body) = body.filter(|b| !b.is_end_stream()) else {
         return Ok(RequestBody::Replayable(UpstreamBody::empty()));
     };
-    if body.size_hint().lower() > limit {
-        return Ok(RequestBody::Streaming(UpstreamBody::stream(
-            VecDeque::new(),
-            body,
-        )));
+    let declared = body.size_hint().lower();
+    if declared > limit {
+        let body = UpstreamBody::stream(VecDeque::new(), body);
+        return Ok(RequestBody::Streaming(body, NoReplay::TooLarge));
     }
+    let Some(held) = budget.take(declared) else {
+        let body = UpstreamBody::stream(VecDeque::new(), body);
+        return Ok(RequestBody::Streaming(body, NoReplay::BudgetSpent));
+    };
     // Boxed: kept out of the request future, which every bodyless request moves around.
-    Box::pin(tokio::time::timeout(timeout, buffer(body, limit)))
+    Box::pin(tokio::time::timeout(timeout, buffer(body, limit, held)))
         .await
-        .map_err(|_| ProxyError::ClientBodyTimeout)?
-        .map_err(ProxyError::ClientBody)
+        .map_err(|_| ReadBodyError::Timeout)?
+        .map_err(ReadBodyError::Broken)
 }
 
-async fn buffer(mut body: Incoming, limit: u64) -> Result<RequestBody, hyper::Error> {
+/// Why a body to be buffered for replay could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadBodyError {
+    /// Not all of it arrived within the client body timeout.
+    #[error("the request body did not arrive in time")]
+    Timeout,
+    /// It broke off or was malformed.
+    #[error("reading the request body failed: {0}")]
+    Broken(#[source] BodyError),
+}
+
+async fn buffer(
+    mut body: ClientRequestBody,
+    limit: u64,
+    mut held: Held,
+) -> Result<RequestBody, BodyError> {
     let mut chunks = Vec::new();
     let mut total: u64 = 0;
     let mut trailers = None;
@@ -66,11 +203,18 @@ async fn buffer(mut body: Incoming, limit: u64) -> Result<RequestBody, hyper::Er
             Ok(data) => {
                 total += data.len() as u64;
                 chunks.push(data);
-                if total > limit {
-                    return Ok(RequestBody::Streaming(UpstreamBody::stream(
-                        chunks.into(),
-                        body,
-                    )));
+                let over = if total > limit {
+                    Some(NoReplay::TooLarge)
+                } else if total > held.bytes && !held.grow(total - held.bytes) {
+                    Some(NoReplay::BudgetSpent)
+                } else {
+                    None
+                };
+                if let Some(why) = over {
+                    // What was read is sent once, then the rest as it comes: the held
+                    // bytes go back to the budget once those chunks are sent.
+                    let body = UpstreamBody::stream(chunks.into(), body);
+                    return Ok(RequestBody::Streaming(body, why));
                 }
             }
             Err(frame) => {
@@ -81,7 +225,7 @@ async fn buffer(mut body: Incoming, limit: u64) -> Result<RequestBody, hyper::Er
         }
     }
     Ok(RequestBody::Replayable(UpstreamBody::full(
-        chunks, total, trailers,
+        chunks, total, trailers, held,
     )))
 }
 
@@ -90,6 +234,8 @@ struct Buffered {
     chunks: Vec<Bytes>,
     len: u64,
     trailers: Option<HeaderMap>,
+    /// Its share of the replay budget, given back when the last copy is dropped.
+    _held: Held,
 }
 
 /// A request body sent to a backend.
@@ -106,24 +252,26 @@ enum UpstreamKind {
     },
     Stream {
         prefix: VecDeque<Bytes>,
-        rest: Incoming,
+        rest: ClientRequestBody,
     },
 }
 
 impl UpstreamBody {
-    fn empty() -> Self {
+    /// No body.
+    pub fn empty() -> Self {
         UpstreamBody {
             kind: UpstreamKind::Empty,
         }
     }
 
-    fn full(chunks: Vec<Bytes>, len: u64, trailers: Option<HeaderMap>) -> Self {
+    fn full(chunks: Vec<Bytes>, len: u64, trailers: Option<HeaderMap>, held: Held) -> Self {
         UpstreamBody {
             kind: UpstreamKind::Full {
                 buffered: Arc::new(Buffered {
                     chunks,
                     len,
                     trailers,
+                    _held: held,
                 }),
                 next: 0,
                 trailers_sent: false,
@@ -131,7 +279,7 @@ impl UpstreamBody {
         }
     }
 
-    fn stream(prefix: VecDeque<Bytes>, rest: Incoming) -> Self {
+    fn stream(prefix: VecDeque<Bytes>, rest: ClientRequestBody) -> Self {
         UpstreamBody {
             kind: UpstreamKind::Stream { prefix, rest },
         }
@@ -172,12 +320,12 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().kind {
             UpstreamKind::Empty => Poll::Ready(None),
             UpstreamKind::Full {
@@ -229,176 +377,6 @@ impl Body for UpstreamBody {
                     hint.set_upper(read + upper);
                 }
                 hint
-            }
-        }
-    }
-}
-
-/// Reads up to `limit` bytes of an upstream response body. When the body ends within
-/// the limit the connection goes back to the pool and the bytes are returned whole;
-/// otherwise what was read is returned with the unread rest.
-pub async fn read_response_prefix(
-    mut body: ResponseBody,
-    limit: usize,
-) -> Result<(Vec<Bytes>, Option<ResponseBody>), BoxError> {
-    let mut chunks = Vec::new();
-    let mut total = 0;
-    if body.size_hint().lower() > limit as u64 {
-        return Ok((chunks, Some(body)));
-    }
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            total += data.len();
-            chunks.push(data);
-            if total > limit {
-                return Ok((chunks, Some(body)));
-            }
-        }
-    }
-    Ok((chunks, None))
-}
-
-/// A response body on its way to the client. Records the request's duration when it is
-/// dropped: after the last byte was written, or when the client went away.
-pub struct ClientBody {
-    kind: ClientKind,
-    timer: Option<RequestTimer>,
-}
-
-enum ClientKind {
-    Empty,
-    Full(Option<Bytes>),
-    Upstream {
-        prefix: VecDeque<Bytes>,
-        rest: Option<ResponseBody>,
-    },
-}
-
-/// Any error a body can end with.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl ClientBody {
-    /// No body.
-    pub fn empty() -> Self {
-        ClientBody {
-            kind: ClientKind::Empty,
-            timer: None,
-        }
-    }
-
-    /// A body fallthrough wrote itself.
-    pub fn full(bytes: impl Into<Bytes>) -> Self {
-        ClientBody {
-            kind: ClientKind::Full(Some(bytes.into())),
-            timer: None,
-        }
-    }
-
-    /// An upstream body streamed through.
-    pub fn upstream(body: ResponseBody) -> Self {
-        ClientBody {
-            kind: ClientKind::Upstream {
-                prefix: VecDeque::new(),
-                rest: Some(body),
-            },
-            timer: None,
-        }
-    }
-
-    /// An upstream body part of which was already read.
-    pub fn upstream_prefixed(prefix: Vec<Bytes>, rest: Option<ResponseBody>) -> Self {
-        ClientBody {
-            kind: ClientKind::Upstream {
-                prefix: prefix.into(),
-                rest,
-            },
-            timer: None,
-        }
-    }
-
-    /// The upstream head's fields if they were kept raw, taken out: whoever writes the
-    /// response head writes them too (see [`RawFields`]).
-    pub fn take_fields(&mut self) -> RawFields {
-        match &mut self.kind {
-            ClientKind::Upstream {
-                rest: Some(rest), ..
-            } => rest.take_fields(),
-            _ => RawFields::default(),
-        }
-    }
-
-    /// Attaches the request timer, observed when the body is done.
-    pub fn timed(mut self, timer: RequestTimer) -> Self {
-        self.timer = Some(timer);
-        self
-    }
-}
-
-/// A response ready for hyper, which writes only the header map: any raw upstream
-/// fields move into it.
-pub fn with_header_map(mut resp: http::Response<ClientBody>) -> http::Response<ClientBody> {
-    let fields = resp.body_mut().take_fields();
-    fields.append_to(resp.headers_mut());
-    resp
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let polled = match &mut this.kind {
-            ClientKind::Empty => Poll::Ready(None),
-            ClientKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ClientKind::Upstream { prefix, rest } => match prefix.pop_front() {
-                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
-                None => match rest {
-                    Some(rest) => Pin::new(rest).poll_frame(cx).map_err(BoxError::from),
-                    None => Poll::Ready(None),
-                },
-            },
-        };
-        if let Poll::Ready(None) = polled {
-            // Stop the clock at the last byte, not whenever hyper drops the body.
-            this.timer.take();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            ClientKind::Empty => true,
-            ClientKind::Full(bytes) => bytes.is_none(),
-            ClientKind::Upstream { prefix, rest } => {
-                prefix.is_empty() && rest.as_ref().is_none_or(|r| r.is_end_stream())
-            }
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            ClientKind::Empty => SizeHint::with_exact(0),
-            ClientKind::Full(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
-            ClientKind::Upstream { prefix, rest } => {
-                let read: u64 = prefix.iter().map(|c| c.len() as u64).sum();
-                match rest {
-                    None => SizeHint::with_exact(read),
-                    Some(rest) => {
-                        let hint = rest.size_hint();
-                        let mut out = SizeHint::new();
-                        out.set_lower(read + hint.lower());
-                        if let Some(upper) = hint.upper() {
-                            out.set_upper(read + upper);
-                        }
-                        out
-                    }
-                }
             }
         }
     }

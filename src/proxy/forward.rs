@@ -4,24 +4,35 @@
 //! Out: the response the client gets, from the primary or the fallback, decided on the
 //! primary's response head before any byte goes to the client; or a [`ProxyError`].
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
 
-use super::body::{read_request_body, read_response_prefix, ClientBody, RequestBody, UpstreamBody};
-use super::headers::{is_upgrade, remove_hop_by_hop, RawFields, UpstreamHead};
+use super::answer::{read_response_prefix, ClientBody};
+use super::body::{
+    read_request_body, ClientRequestBody, NoReplay, ReadBodyError, ReplayBudget, RequestBody,
+    UpstreamBody,
+};
+use super::h1::head::{is_upgrade, remove_hop_by_hop, RawFields, UpstreamHead};
 use super::rescue::ProxyError;
 use super::upstream::{self, ResponseBody};
-use super::{ConnInfo, RouteRuntime};
+use super::{ConnInfo, Limits, RouteRuntime};
 use crate::routes::{Answerer, Backend, Route};
+
+/// How a routed request is to be forwarded.
+pub(super) struct How<'p> {
+    /// When the request's head was read.
+    pub started: Instant,
+    pub limits: &'p Limits,
+    pub budget: &'p Arc<ReplayBudget>,
+    /// The normalised path the request was routed on, when it differs from the one sent.
+    pub rewritten_path: Option<String>,
+}
 
 /// How much of a primary's "not found" body is read so its connection can be reused
 /// (and, with `notFoundFrom: primary`, kept to answer with).
@@ -30,14 +41,13 @@ const PRIMARY_BODY_KEEP: usize = 64 * 1024;
 pub(super) async fn forward(
     route: &Route,
     rt: &RouteRuntime,
-    mut req: Request<Option<Incoming>>,
+    req: Request<Option<ClientRequestBody>>,
     fields: RawFields,
     conn: &ConnInfo,
-    started: Instant,
-    body_timeout: Duration,
+    how: How<'_>,
 ) -> Result<Response<ClientBody>, ProxyError> {
+    let started = how.started;
     let upgrade = is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     // Without a body to read first, the request's clock times the primary's attempt
     // too: one clock read less on the path most requests take.
     let bodyless = req
@@ -45,49 +55,60 @@ pub(super) async fn forward(
         .as_ref()
         .is_none_or(http_body::Body::is_end_stream);
     let (parts, body) = req.into_parts();
-    let head = prepare_head(parts, fields, conn, upgrade);
+    let head = prepare_head(parts, fields, conn, upgrade, how.rewritten_path);
+    let read_idle = how.limits.upstream_read_timeout;
 
-    let body = read_request_body(body, route.max_replay_bytes, body_timeout).await?;
-    let (body, replay) = match body {
+    let limit = route.max_replay_bytes;
+    let body = read_request_body(body, limit, how.budget, how.limits.body_timeout)
+        .await
+        .map_err(|err| match err {
+            ReadBodyError::Timeout => ProxyError::ClientBodyTimeout,
+            ReadBodyError::Broken(err) => ProxyError::ClientBody(err),
+        })?;
+    let (body, replay, no_replay) = match body {
         RequestBody::Replayable(body) => {
             let replay = body.replay();
-            (body, replay)
+            (body, replay, None)
         }
-        RequestBody::Streaming(body) => (body, None),
+        RequestBody::Streaming(body, why) => (body, None, Some(why)),
+    };
+    let skipped = || match no_replay {
+        Some(NoReplay::BudgetSpent) => rt.metrics.fallback_skipped_replay_budget(),
+        _ => rt.metrics.fallback_skipped_body_too_large(),
     };
 
     let primary = match pick(rt, &route.primary, Answerer::Primary) {
         Ok(endpoint) => {
             let started = if bodyless { started } else { Instant::now() };
             let attempt = Attempt::new(Answerer::Primary, endpoint, started);
-            send(rt, route, attempt, &head, body).await
+            send(rt, route, attempt, &head, body, read_idle).await
         }
         Err(err) => Err(err),
     };
     let primary = match primary {
         Ok(resp) if route.falls_back_on(resp.status().as_u16()) => resp,
-        Ok(resp) => return Ok(respond(rt, Answerer::Primary, resp, client_upgrade)),
+        Ok(resp) => return Ok(respond(rt, Answerer::Primary, resp)),
         Err(err @ (ProxyError::UpstreamConnect { .. } | ProxyError::NoEndpoints(_)))
             if route.fallback_on_error =>
         {
             let Some(replay) = replay else {
-                rt.metrics.fallback_skipped_body_too_large();
+                skipped();
                 return Err(err);
             };
             rt.metrics.fallback_on_error();
-            let resp = Box::pin(send_fallback(rt, route, &head, replay)).await?;
-            return Ok(respond(rt, Answerer::Fallback, resp, client_upgrade));
+            let resp = Box::pin(send_fallback(rt, route, &head, replay, read_idle)).await?;
+            return Ok(respond(rt, Answerer::Fallback, resp));
         }
         Err(err) => return Err(err),
     };
 
     let Some(replay) = replay else {
-        rt.metrics.fallback_skipped_body_too_large();
-        return Ok(respond(rt, Answerer::Primary, primary, client_upgrade));
+        skipped();
+        return Ok(respond(rt, Answerer::Primary, primary));
     };
     rt.metrics.fallback_on_status();
     // Boxed: a primary hit, the hot path, then moves a much smaller future around.
-    Box::pin(fall_back(rt, route, &head, primary, replay, client_upgrade)).await
+    Box::pin(fall_back(rt, route, &head, primary, replay, read_idle)).await
 }
 
 /// The primary answered a `fallbackOn` status: the same request goes to the fallback.
@@ -97,16 +118,16 @@ async fn fall_back(
     head: &UpstreamHead,
     primary: Response<ResponseBody>,
     replay: UpstreamBody,
-    client_upgrade: Option<OnUpgrade>,
+    read_idle: std::time::Duration,
 ) -> Result<Response<ClientBody>, ProxyError> {
     let kept = keep_primary_answer(route, primary).await;
-    let fallback = send_fallback(rt, route, head, replay).await?;
+    let fallback = send_fallback(rt, route, head, replay, read_idle).await?;
     match kept {
         Some(kept) if route.falls_back_on(fallback.status().as_u16()) => {
             // Neither serves it; `notFoundFrom: primary` keeps the legacy answer.
             Ok(respond_kept(rt, kept))
         }
-        _ => Ok(respond(rt, Answerer::Fallback, fallback, client_upgrade)),
+        _ => Ok(respond(rt, Answerer::Fallback, fallback)),
     }
 }
 
@@ -116,10 +137,11 @@ async fn send_fallback(
     route: &Route,
     head: &UpstreamHead,
     replay: UpstreamBody,
+    read_idle: std::time::Duration,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let endpoint = pick(rt, &route.fallback, Answerer::Fallback)?;
     let attempt = Attempt::new(Answerer::Fallback, endpoint, Instant::now());
-    send(rt, route, attempt, head, replay).await
+    send(rt, route, attempt, head, replay, read_idle).await
 }
 
 /// A primary response read (in part) while the fallback is asked.
@@ -155,30 +177,40 @@ async fn keep_primary_answer(route: &Route, resp: Response<ResponseBody>) -> Opt
 }
 
 /// Rewrites the client's request head into the head every upstream attempt shares.
+///
+/// The host is the target's authority when it has one (HTTP/2's `:authority`, an
+/// HTTP/1.1 absolute-form target: RFC 9112 §3.2.2 has it replace `Host`), else the
+/// client's `Host`. `rewritten_path` is the normalised path the request was routed on.
 fn prepare_head(
     mut parts: Parts,
     fields: RawFields,
     conn: &ConnInfo,
     upgrade: bool,
+    rewritten_path: Option<String>,
 ) -> UpstreamHead {
-    let sent = parts.headers.get(header::HOST).cloned();
-    let host = match sent.or_else(|| fields.host_value()) {
-        Some(host) => Some(host),
-        None => {
-            // HTTP/2 clients send :authority, and HTTP/1.1 ones may send an absolute
-            // URI without Host: HTTP/1.1 upstreams need Host.
-            let host = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    let host = match parts.uri.authority() {
+        Some(authority) => {
+            let host = HeaderValue::from_str(authority.as_str()).ok();
             if let Some(host) = &host {
                 parts.headers.insert(header::HOST, host.clone());
             }
             host
         }
+        None => parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| fields.host_value()),
     };
+    let target = rewritten_path.map(|path| match parts.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    });
     remove_hop_by_hop(&mut parts.headers, upgrade);
-    UpstreamHead::new(parts, fields, &conn.client_ip, conn.proto, host)
+    let mut head = UpstreamHead::new(parts, fields, &conn.client_ip, conn.proto, host);
+    head.target = target;
+    head.upgrade = upgrade;
+    head
 }
 
 /// The next endpoint of `backend`, or 503 when it has none ready.
@@ -217,6 +249,7 @@ async fn send(
     attempt: Attempt<'_>,
     head: &UpstreamHead,
     body: UpstreamBody,
+    read_idle: std::time::Duration,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let Attempt {
         backend,
@@ -228,6 +261,7 @@ async fn send(
     let result = Box::pin(upstream::send(
         endpoint,
         &route.timeouts,
+        read_idle,
         started,
         head,
         body,
@@ -253,26 +287,27 @@ async fn send(
     Err(err)
 }
 
-/// Streams an upstream response to the client, tunnelling it when it switched protocols.
+/// Streams an upstream response to the client; a 101's body is the tunnel to the
+/// upstream connection, which the client's server opens once the head is written.
 fn respond(
     rt: &RouteRuntime,
     backend: Answerer,
     resp: Response<ResponseBody>,
-    client_upgrade: Option<OnUpgrade>,
 ) -> Response<ClientBody> {
     let (mut parts, body) = resp.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     let body = if switching {
-        if let (Some(client), Some((upstream, early))) = (client_upgrade, body.into_tunnel()) {
-            tunnel(client, upstream, early);
+        // The codec only lets a 101 through to a request that asked to upgrade.
+        match body.into_tunnel() {
+            Some((upstream, early)) => ClientBody::tunnel(upstream, early),
+            None => ClientBody::empty(),
         }
-        ClientBody::empty()
     } else {
         ClientBody::upstream(body)
     };
     rt.metrics.response(backend, parts.status);
     remove_hop_by_hop(&mut parts.headers, switching);
-    // The upstream's protocol version is its own business; hyper speaks the client's.
+    // The upstream's protocol version is its own business; the server speaks the client's.
     parts.version = Version::default();
     Response::from_parts(parts, body)
 }
@@ -287,26 +322,4 @@ fn respond_kept(rt: &RouteRuntime, kept: KeptAnswer) -> Response<ClientBody> {
     remove_hop_by_hop(&mut parts.headers, false);
     parts.version = Version::default();
     Response::from_parts(parts, ClientBody::upstream_prefixed(prefix, rest))
-}
-
-/// Copies bytes both ways once client and upstream have both switched protocols.
-fn tunnel(client: OnUpgrade, mut upstream: tokio::net::TcpStream, early: Bytes) {
-    tokio::spawn(async move {
-        let client = match client.await {
-            Ok(client) => client,
-            Err(err) => {
-                tracing::debug!(error = %err, "upgrade failed");
-                return;
-            }
-        };
-        let mut client = TokioIo::new(client);
-        // Bytes the backend sent right behind its 101 head belong to the new protocol.
-        if let Err(err) = client.write_all(&early).await {
-            tracing::debug!(error = %err, "tunnel closed");
-            return;
-        }
-        if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(error = %err, "tunnel closed");
-        }
-    });
 }

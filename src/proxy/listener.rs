@@ -1,4 +1,5 @@
-//! Accepts client connections and drives HTTP/1.1 and cleartext HTTP/2 on them.
+//! Accepts client connections and drives HTTP/1.x (`h1::server`) and HTTP/2 (hyper) on
+//! them.
 //!
 //! In: bound listening sockets (one per worker and address), the proxy, and a shutdown
 //! signal.
@@ -16,7 +17,6 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -37,11 +37,19 @@ fn handshake_reason(err: &std::io::Error) -> &'static str {
     }
 }
 
-use super::headers::RawFields;
-use super::{http1, ConnInfo, Proxy};
+use super::body::ClientRequestBody;
+use super::h1::codec::MAX_HEAD_BYTES;
+use super::h1::head::RawFields;
+use super::h1::server::{self, Served};
+use super::{ConnInfo, Proxy};
 
-/// Largest request head accepted; larger ones get 431.
-pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// HTTP/2 streams a connection may have open at once.
+const H2_MAX_STREAMS: u32 = 256;
+/// HTTP/2 flow-control windows: the request body bytes a stream, and a whole
+/// connection, may have in flight unread. With the replay budget, they bound what one
+/// HTTP/2 connection can make the proxy hold.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// How often a worker does its housekeeping.
 const TICK_EVERY: Duration = Duration::from_secs(1);
@@ -129,7 +137,7 @@ async fn housekeeping() {
     loop {
         tick.tick().await;
         super::upstream::sweep_idle(std::time::Instant::now());
-        super::http1::refresh_date();
+        server::refresh_date();
     }
 }
 
@@ -146,17 +154,12 @@ async fn serve(
     let shutdown = async move {
         let _ = stop_accepting.wait_for(|stop| *stop).await;
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // Like nginx's client_header_timeout, a stalled head is closed without an answer.
-        .header_read_timeout(proxy.limits().header_timeout)
-        .max_buf_size(MAX_HEAD_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_header_list_size(MAX_HEAD_BYTES as u32);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -175,37 +178,33 @@ async fn serve(
                 let info = ConnInfo::new(peer, tls.is_some());
                 let conn_info = info.clone();
                 let service_proxy = proxy.clone();
-                let service = service_fn(move |req| {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let proxy = service_proxy.clone();
                     let info = info.clone();
                     async move {
-                        let resp = proxy.handle(req.map(Some), RawFields::default(), &info).await;
-                        Ok::<_, Infallible>(super::body::with_header_map(resp))
+                        let req = req.map(|body| Some(ClientRequestBody::H2(body)));
+                        let resp = proxy.handle(req, RawFields::default(), &info).await;
+                        Ok::<_, Infallible>(super::answer::with_header_map(resp))
                     }
                 });
+                // The watcher makes draining wait for the connection, whoever serves it.
+                let watcher = graceful.watcher();
+                let (proxy, h2, stop) = (proxy.clone(), h2.clone(), stop.clone());
                 match &tls {
                     None => {
-                        // Plain requests are served by `http1`; hyper takes over the
-                        // connection at the first request that is anything else. The
-                        // watcher makes draining wait for the connection either way.
-                        let watcher = graceful.watcher();
-                        let (proxy, builder, stop) = (proxy.clone(), builder.clone(), stop.clone());
                         tokio::spawn(async move {
-                            let mut stream = stream;
-                            let read = match http1::serve(&proxy, &mut stream, &conn_info, &stop).await {
-                                http1::Served::Closed => return,
-                                http1::Served::HandOff(read) => read,
+                            let (read, stream) = match server::serve_tcp(&proxy, stream, &conn_info, &stop).await {
+                                Served::Closed => return,
+                                Served::HandOff(read, stream) => (read, stream),
                             };
-                            let io = TokioIo::new(http1::Rewound::new(read, stream));
-                            let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
-                            if let Err(err) = watcher.watch(conn).await {
+                            let io = TokioIo::new(Rewound::new(read, stream));
+                            if let Err(err) = watcher.watch(h2.serve_connection(io, service)).await {
                                 tracing::debug!(error = %err, %peer, "client connection ended with an error");
                             }
                         });
                     }
                     Some(acceptor) => {
-                        let (acceptor, builder, proxy) = (acceptor.clone(), builder.clone(), proxy.clone());
-                        let watcher = graceful.watcher();
+                        let acceptor = acceptor.clone();
                         tokio::spawn(async move {
                             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                                 Ok(Ok(stream)) => stream,
@@ -219,18 +218,16 @@ async fn serve(
                                     return;
                                 }
                             };
-                            // ALPN h2 decided the protocol: no sniffing, so a client that agreed
+                            // ALPN decided the protocol: no sniffing, so a client that agreed
                             // on h2 and then sends something else is closed, not answered.
-                            // (HTTP/2 has no Upgrade; HTTP/1.1 keeps upgrade support.)
-                            let io = TokioIo::new(stream);
-                            let served = if io.inner().get_ref().1.alpn_protocol() == Some(b"h2") {
-                                let builder = builder.http2_only();
-                                watcher.watch(builder.serve_connection(io, service).into_owned()).await
+                            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                let io = TokioIo::new(stream);
+                                if let Err(err) = watcher.watch(h2.serve_connection(io, service)).await {
+                                    tracing::debug!(error = %err, %peer, "client connection ended with an error");
+                                }
                             } else {
-                                watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned()).await
-                            };
-                            if let Err(err) = served {
-                                tracing::debug!(error = %err, %peer, "client connection ended with an error");
+                                server::serve_tls(&proxy, stream, &conn_info, &stop).await;
+                                drop(watcher);
                             }
                         });
                     }
@@ -244,5 +241,71 @@ async fn serve(
     match tokio::time::timeout(grace, graceful.shutdown()).await {
         Ok(()) => Drained::Clean,
         Err(_) => Drained::GraceExpired,
+    }
+}
+
+/// A connection handed to HTTP/2: the bytes already read come first.
+struct Rewound {
+    read: bytes::Bytes,
+    stream: tokio::net::TcpStream,
+}
+
+impl Rewound {
+    fn new(read: bytes::Bytes, stream: tokio::net::TcpStream) -> Self {
+        Rewound { read, stream }
+    }
+}
+
+impl tokio::io::AsyncRead for Rewound {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use bytes::Buf;
+        let this = self.get_mut();
+        if this.read.is_empty() {
+            return std::pin::Pin::new(&mut this.stream).poll_read(cx, out);
+        }
+        let n = this.read.len().min(out.remaining());
+        out.put_slice(&this.read[..n]);
+        this.read.advance(n);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Rewound {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }

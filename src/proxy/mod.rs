@@ -7,14 +7,14 @@
 //! its response head → maybe fallback → stream the chosen response. Nothing is sent to
 //! the client before the decision.
 
+pub mod answer;
 pub mod body;
 mod forward;
-pub mod headers;
-mod http1;
+pub mod h1;
 pub mod listener;
+pub mod path;
 pub mod rescue;
 mod upstream;
-mod wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,13 +23,13 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Method, Request, Response, Version};
-use hyper::body::Incoming;
 
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::routes::RouteTable;
 use crate::shard::{CacheLine, PerWorker};
-use body::ClientBody;
-use headers::RawFields;
+use answer::ClientBody;
+use body::{ClientRequestBody, ReplayBudget};
+use h1::head::RawFields;
 use rescue::{rescue, ProxyError};
 
 /// A routing table plus what the proxy needs per route at request time.
@@ -73,27 +73,42 @@ impl ConnInfo {
     }
 }
 
-/// How long clients may take to send their requests.
+/// Every limit and timeout the data plane enforces, in one place; each is read by the
+/// code that enforces it. Defaults follow nginx's.
 #[derive(Clone, Copy, Debug)]
-pub struct ClientLimits {
-    /// A complete request head; then the connection is closed.
+pub struct Limits {
+    /// A complete request head; then the connection is closed without an answer
+    /// (nginx's `client_header_timeout`, 60 s there; 30 s here).
     pub header_timeout: Duration,
-    /// A request body being buffered for replay; then 408.
+    /// Longest pause between two reads of a request body (nginx's
+    /// `client_body_timeout`); then 408, or a broken upload if it was already streaming.
     pub body_timeout: Duration,
+    /// Longest a client may take no bytes of its answer (nginx's `send_timeout`); then
+    /// the connection is closed.
+    pub write_timeout: Duration,
+    /// Longest a backend may take no bytes of a request body or send none of a response
+    /// body (nginx's `proxy_send_timeout` and `proxy_read_timeout`).
+    pub upstream_read_timeout: Duration,
+    /// Bytes all buffered replay bodies of the process may hold together.
+    pub replay_budget: u64,
 }
 
-impl Default for ClientLimits {
+impl Default for Limits {
     fn default() -> Self {
-        ClientLimits {
+        Limits {
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            upstream_read_timeout: Duration::from_secs(60),
+            replay_budget: 256 * 1024 * 1024,
         }
     }
 }
 
 /// The proxy: the current snapshot, shared by every data-plane thread.
 pub struct Proxy {
-    limits: ClientLimits,
+    limits: Limits,
+    budget: Arc<ReplayBudget>,
     certs: Arc<crate::tls::SniResolver>,
     /// The same snapshot behind one reference count per worker: each request holds the
     /// snapshot it started with, and counting that on a shared count would make the
@@ -105,13 +120,14 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy for `workers` data-plane threads, serving an empty table: every request
     /// gets 404 until routes are published.
-    pub fn new(metrics: Arc<Metrics>, limits: ClientLimits, workers: usize) -> Arc<Self> {
+    pub fn new(metrics: Arc<Metrics>, limits: Limits, workers: usize) -> Arc<Self> {
         let empty = Arc::new(Snapshot {
             table: RouteTable::default(),
             runtimes: Vec::new(),
         });
         Arc::new(Proxy {
             limits,
+            budget: ReplayBudget::new(limits.replay_budget),
             certs: Arc::default(),
             snapshot: PerWorker::new(workers, || ArcSwap::from_pointee(CacheLine(empty.clone()))),
             metrics,
@@ -134,12 +150,14 @@ impl Proxy {
         }
     }
 
-    /// Handles one client request; never fails, errors become responses. The body is
-    /// `None` for requests the lean HTTP/1.1 path read, which never have one; that path
-    /// may also keep the head's fields raw, in `fields` rather than the request's map.
+    /// Handles one client request; never fails, errors become responses. HTTP/1.x
+    /// heads may keep their fields raw, in `fields` rather than the request's map.
+    ///
+    /// The path is normalised before routing (see [`path`]) and the normalised path is
+    /// what the backend gets: a backend never sees a path that would route elsewhere.
     pub async fn handle(
         &self,
-        req: Request<Option<Incoming>>,
+        req: Request<Option<ClientRequestBody>>,
         fields: RawFields,
         conn: &ConnInfo,
     ) -> Response<ClientBody> {
@@ -149,14 +167,25 @@ impl Proxy {
         if req.method() == Method::CONNECT {
             return self.unrouted(&ProxyError::ConnectMethod);
         }
-        let host = match request_host(&req).or_else(|| fields.host()) {
-            Some(host) => host,
-            None if req.version() >= Version::HTTP_11 => {
+        let host = match request_host(&req, &fields) {
+            Ok(Some(host)) => host,
+            Ok(None) if req.version() >= Version::HTTP_11 => {
                 return self.unrouted(&ProxyError::MissingHost)
             }
-            None => "",
+            Ok(None) => "",
+            Err(err) => return self.unrouted(&err),
         };
-        let Some(idx) = snapshot.table.lookup(host, req.uri().path()) else {
+        let target = req.uri().path();
+        let routed = if target == "*" {
+            // OPTIONS *: the server itself, routed as its root.
+            std::borrow::Cow::Borrowed("/")
+        } else {
+            match path::normalize(target) {
+                Ok(path) => path,
+                Err(err) => return self.unrouted(&ProxyError::BadPath(err)),
+            }
+        };
+        let Some(idx) = snapshot.table.lookup(host, &routed) else {
             return self.unrouted(&ProxyError::NoRoute);
         };
         let route = snapshot.table.route(idx);
@@ -164,8 +193,17 @@ impl Proxy {
         if route.redirect_to_https && conn.proto == "http" {
             return https_redirect(&req, host);
         }
-        let body_timeout = self.limits.body_timeout;
-        match forward::forward(route, rt, req, fields, conn, started, body_timeout).await {
+        let rewritten = match routed {
+            std::borrow::Cow::Owned(path) => Some(path),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
+        let how = forward::How {
+            started,
+            limits: &self.limits,
+            budget: &self.budget,
+            rewritten_path: rewritten,
+        };
+        match forward::forward(route, rt, req, fields, conn, how).await {
             Ok(resp) => resp.map(|b| b.timed(rt.metrics.request_timer(started))),
             Err(err) => {
                 tracing::warn!(
@@ -204,7 +242,7 @@ impl Proxy {
     }
 
     /// The limits this proxy was built with.
-    pub fn limits(&self) -> ClientLimits {
+    pub fn limits(&self) -> Limits {
         self.limits
     }
 
@@ -231,11 +269,30 @@ fn https_redirect<B>(req: &Request<B>, host: &str) -> Response<ClientBody> {
     resp
 }
 
-/// The host a request is for: the URI's authority (HTTP/2, absolute-form), else `Host`.
-fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
+/// The host a request is for: the target's authority (HTTP/2's `:authority`, an
+/// HTTP/1.1 absolute-form target), else `Host`.
+///
+/// An absolute-form target's authority replaces `Host` (RFC 9112 §3.2.2: the upstream
+/// head is rebuilt with it). An HTTP/2 request whose `host` names another authority
+/// than `:authority` is refused (RFC 9113 §8.3.1), as nginx does.
+fn request_host<'r>(
+    req: &'r Request<Option<ClientRequestBody>>,
+    fields: &'r RawFields,
+) -> Result<Option<&'r str>, ProxyError> {
+    let sent = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| fields.host());
+    let Some(authority) = req.uri().authority() else {
+        return Ok(sent);
+    };
+    if req.version() == Version::HTTP_2 {
+        if let Some(sent) = sent {
+            if !sent.eq_ignore_ascii_case(authority.as_str()) {
+                return Err(ProxyError::AuthorityMismatch);
+            }
+        }
+    }
+    Ok(Some(authority.as_str()))
 }

@@ -6,7 +6,10 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use super::body::ClientBody;
+use super::answer::ClientBody;
+use super::body::BodyError;
+use super::h1::codec::RequestError;
+use super::path::PathError;
 use crate::routes::Answerer;
 
 /// Everything that can stop a request from getting an upstream's answer.
@@ -15,6 +18,15 @@ pub enum ProxyError {
     /// No route serves this host and path.
     #[error("no route for this host and path")]
     NoRoute,
+    /// The request head broke a rule of RFC 9112 or 9110 (the codec's verdict).
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The path cannot be normalised.
+    #[error("bad path: {0}")]
+    BadPath(#[from] PathError),
+    /// An HTTP/2 request's `host` names another authority than its `:authority`.
+    #[error("the host field and :authority disagree")]
+    AuthorityMismatch,
     /// An HTTP/1.1 request without a Host header.
     #[error("request has no Host header")]
     MissingHost,
@@ -23,7 +35,7 @@ pub enum ProxyError {
     ConnectMethod,
     /// The client's request body could not be read (malformed chunking, reset).
     #[error("reading the request body failed: {0}")]
-    ClientBody(#[source] hyper::Error),
+    ClientBody(#[source] BodyError),
     /// The client took too long to send its body.
     #[error("the request body did not arrive in time")]
     ClientBodyTimeout,
@@ -61,7 +73,11 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::MissingHost | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Request(err) => err.status(),
+            ProxyError::MissingHost
+            | ProxyError::ClientBody(_)
+            | ProxyError::BadPath(_)
+            | ProxyError::AuthorityMismatch => StatusCode::BAD_REQUEST,
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -91,6 +107,24 @@ impl ProxyError {
     fn body(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "fallthrough: no route for this host and path\n",
+            ProxyError::Request(RequestError::Malformed(_)) => {
+                "fallthrough: bad request: the request line or a header field is malformed or breaks HTTP/1.1's rules\n"
+            }
+            ProxyError::Request(RequestError::HeadTooLarge) => {
+                "fallthrough: request header fields too large: at most 64 KiB and 128 fields\n"
+            }
+            ProxyError::Request(RequestError::UnknownCoding) => {
+                "fallthrough: not implemented: only the chunked transfer coding is accepted\n"
+            }
+            ProxyError::Request(RequestError::Version) => {
+                "fallthrough: HTTP version not supported: send HTTP/1.1, HTTP/1.0 or HTTP/2\n"
+            }
+            ProxyError::BadPath(_) => {
+                "fallthrough: bad request: the path has a malformed or NUL percent-encoding\n"
+            }
+            ProxyError::AuthorityMismatch => {
+                "fallthrough: bad request: the host field and :authority name different hosts\n"
+            }
             ProxyError::MissingHost => "fallthrough: bad request: missing Host header\n",
             ProxyError::ConnectMethod => "fallthrough: CONNECT is not supported\n",
             ProxyError::ClientBody(_) => "fallthrough: bad request: unreadable request body\n",

@@ -1,8 +1,10 @@
-//! Header rewriting between client and upstream.
+//! The head type and the one field policy, for both directions.
 //!
-//! In: the client's request head (or an upstream's response head).
-//! Out: the same head with hop-by-hop headers removed and, for requests, the
-//! `X-Forwarded-*` fields to send with it ([`UpstreamHead`]). Upgrade requests keep
+//! In: a head's field lines as the codec accepted them ([`RawFields`]), or a header map
+//! (HTTP/2, rewritten heads).
+//! Out: the fields the next hop gets: hop-by-hop ones removed (the fixed list and every
+//! field any `Connection` line names), trailers filtered ([`is_allowed_trailer`]), and,
+//! for requests, the `X-Forwarded-*` fields set ([`UpstreamHead`]). Upgrade requests keep
 //! `Connection`/`Upgrade` so the upstream can answer 101.
 
 use bytes::Bytes;
@@ -42,7 +44,7 @@ pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
 /// out, which cost about as much as parsing the head. Only a head that needs no
 /// rewriting beyond dropping hop-by-hop fields is kept this way; hyper's paths turn
 /// it into a header map ([`RawFields::append_to`]).
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct RawFields {
     lines: Bytes,
     /// Where the `Host` value is in `lines`, when the lean HTTP/1.1 path saw one:
@@ -59,7 +61,7 @@ const MAX_CUTS: usize = 3;
 /// A head's field lines as the next hop gets them: everything up to `end` but the
 /// `cuts`, each a whole line. Every line is `name: value\r\n` with a value that needs
 /// no trimming, so copying them is writing what [`RawFields::end_to_end`] yields.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct Spans {
     cuts: [(u32, u32); MAX_CUTS],
     cut_count: u8,
@@ -69,7 +71,7 @@ pub struct Spans {
 }
 
 /// What a parser noted about a head's fields while scanning them, for its writer.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, Debug)]
 pub struct FieldFacts {
     /// The `Content-Length` value, if the head had one.
     pub content_length: Option<u64>,
@@ -291,6 +293,47 @@ pub fn names_fields(connection: &[u8]) -> bool {
         })
 }
 
+/// Whether a `Connection` value lists `field` as an option (case-insensitively).
+pub fn names_field(connection: &[u8], field: &[u8]) -> bool {
+    has_token(connection, field)
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitively).
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Whether a field may be sent on as a trailer (RFC 9110 §6.5.1): not hop-by-hop, and
+/// none of the fields that frame, route, authenticate or describe how to process the
+/// message, which a recipient could otherwise be tricked into merging into the head.
+pub fn is_allowed_trailer(name: &[u8]) -> bool {
+    const REFUSED: &[&[u8]] = &[
+        b"content-length",
+        b"content-encoding",
+        b"content-type",
+        b"content-range",
+        b"host",
+        b"authorization",
+        b"cookie",
+        b"set-cookie",
+        b"cache-control",
+        b"expires",
+        b"age",
+        b"location",
+        b"vary",
+        b"www-authenticate",
+        b"expect",
+        b"range",
+        b"max-forwards",
+    ];
+    let conditional = name.len() > 3 && name[..3].eq_ignore_ascii_case(b"if-");
+    !(conditional
+        || is_hop_by_hop_name(name)
+        || REFUSED.iter().any(|r| name.eq_ignore_ascii_case(r)))
+}
+
 /// Whether a client-sent field is one fallthrough sets itself (`X-Forwarded-*`).
 pub fn is_forwarded_name(name: &[u8]) -> bool {
     name.len() > 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-")
@@ -322,7 +365,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         && headers
             .get_all(header::CONNECTION)
             .iter()
-            .any(|v| super::wire::has_token(v.as_bytes(), b"upgrade"))
+            .any(|v| has_token(v.as_bytes(), b"upgrade"))
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names. With
@@ -373,6 +416,10 @@ pub struct UpstreamHead {
     pub forwarded_proto: &'static str,
     /// `X-Forwarded-Host`: the host the client asked for, if it named one.
     pub forwarded_host: Option<HeaderValue>,
+    /// The request target sent instead of the client's, when its path was normalised.
+    pub target: Option<String>,
+    /// The request asks to switch protocols: a 101 answer is expected, not refused.
+    pub upgrade: bool,
 }
 
 impl UpstreamHead {
@@ -419,6 +466,19 @@ impl UpstreamHead {
             forwarded_for,
             forwarded_proto: proto,
             forwarded_host: host,
+            target: None,
+            upgrade: false,
+        }
+    }
+
+    /// The request target in origin-form, as the backend gets it.
+    pub fn target(&self) -> &str {
+        match &self.target {
+            Some(target) => target,
+            None => match self.parts.uri.path_and_query().map(|pq| pq.as_str()) {
+                Some(pq) if pq.starts_with('/') || pq == "*" => pq,
+                _ => "/",
+            },
         }
     }
 
@@ -514,7 +574,7 @@ mod tests {
         fields.copy_to(&mut out)?;
         let mut one_by_one = Vec::new();
         for (name, value) in fields.end_to_end() {
-            crate::proxy::wire::put_field(&mut one_by_one, name, value);
+            crate::proxy::h1::codec::put_field(&mut one_by_one, name, value);
         }
         assert_eq!(
             String::from_utf8_lossy(&out),

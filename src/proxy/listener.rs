@@ -226,7 +226,7 @@ async fn serve(
                                     tracing::debug!(error = %err, %peer, "client connection ended with an error");
                                 }
                             } else {
-                                server::serve_tls(&proxy, stream, &conn_info, &stop).await;
+                                server::serve_io(&proxy, stream, &conn_info, &stop).await;
                                 drop(watcher);
                             }
                         });

@@ -112,7 +112,7 @@ pub fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, Req
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(RequestError::HeadTooLarge),
-        Err(httparse::Error::Version) => return Err(RequestError::Version),
+        Err(httparse::Error::Version) if names_a_version(buf) => return Err(RequestError::Version),
         Err(httparse::Error::HeaderName) => return Err(malformed("invalid field name")),
         Err(httparse::Error::HeaderValue) => return Err(malformed("invalid field value")),
         Err(httparse::Error::Token) => return Err(malformed("invalid method")),
@@ -175,6 +175,19 @@ pub fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, Req
         version,
         framing,
     }))
+}
+
+/// Whether the request line ends in a well-formed `HTTP/d.d` that is not 1.0 or 1.1
+/// (505), rather than in something that is no version at all (400).
+fn names_a_version(buf: &[u8]) -> bool {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    matches!(parts[..], [_, _, v] if v.len() == 8
+        && v.starts_with(b"HTTP/")
+        && v[5].is_ascii_digit()
+        && v[6] == b'.'
+        && v[7].is_ascii_digit())
 }
 
 fn malformed(why: &'static str) -> RequestError {

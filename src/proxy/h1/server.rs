@@ -87,8 +87,9 @@ pub async fn serve_tcp(
     Served::Closed
 }
 
-/// Serves an HTTP/1.x connection over TLS until it closes.
-pub async fn serve_tls<S>(proxy: &Proxy, stream: S, info: &ConnInfo, stop: &watch::Receiver<bool>)
+/// Serves an HTTP/1.x connection over any stream (TLS, or an in-memory pipe in the fuzz
+/// target) until it closes.
+pub async fn serve_io<S>(proxy: &Proxy, stream: S, info: &ConnInfo, stop: &watch::Receiver<bool>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

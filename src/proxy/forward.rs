@@ -14,11 +14,13 @@ use http::uri::Authority;
 use http::{Request, Response, StatusCode, Version};
 
 use super::answer::{read_response_prefix, ClientBody};
+use super::body::BodyError;
 use super::body::{
     read_request_body, ClientRequestBody, NoReplay, ReadBodyError, ReplayBudget, RequestBody,
     UpstreamBody,
 };
 use super::h1::head::{is_upgrade, remove_hop_by_hop, RawFields, UpstreamHead};
+use super::h1::inbound::H1BodyError;
 use super::rescue::ProxyError;
 use super::upstream::{self, ResponseBody};
 use super::{ConnInfo, Limits, RouteRuntime};
@@ -62,7 +64,9 @@ pub(super) async fn forward(
     let body = read_request_body(body, limit, how.budget, how.limits.body_timeout)
         .await
         .map_err(|err| match err {
-            ReadBodyError::Timeout => ProxyError::ClientBodyTimeout,
+            ReadBodyError::Timeout | ReadBodyError::Broken(BodyError::H1(H1BodyError::Stalled)) => {
+                ProxyError::ClientBodyTimeout
+            }
             ReadBodyError::Broken(err) => ProxyError::ClientBody(err),
         })?;
     let (body, replay, no_replay) = match body {

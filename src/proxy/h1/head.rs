@@ -25,6 +25,9 @@ fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
 pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
     let candidates: &[&[u8]] = match name.len() {
         2 => &[b"te"],
+        // Not hop-by-hop in RFC 9110, but answered here: the body is read before a
+        // backend sees the request, so no backend may answer 100 to it.
+        6 => &[b"expect"],
         7 => &[b"upgrade", b"trailer"],
         10 => &[b"connection", b"keep-alive"],
         16 => &[b"proxy-connection"],
@@ -346,8 +349,9 @@ pub fn is_field_value(value: &[u8]) -> bool {
         .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
 }
 
-fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
+fn fixed_hop_by_hop() -> [&'static HeaderName; 9] {
     [
+        &header::EXPECT,
         &header::CONNECTION,
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
@@ -375,18 +379,16 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !headers.keys().any(is_fixed_hop_by_hop) {
         return;
     }
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        // Rare: only when a client names extra headers in Connection.
-        let named: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| n != header::UPGRADE && n != header::CONNECTION)
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+    // Every Connection line counts, not only the first.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .filter(|n| n != header::UPGRADE && n != header::CONNECTION)
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
     let upgrade = keep_upgrade
         .then(|| headers.remove(header::UPGRADE))

@@ -140,6 +140,8 @@ pub struct H1Body {
     /// Longest wait for the next byte (nginx's `client_body_timeout`).
     idle: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the body last had to wait for bytes, if it is waiting now.
+    waiting_since: Option<tokio::time::Instant>,
 }
 
 enum BodyLeft {
@@ -163,6 +165,7 @@ impl H1Body {
             framing,
             idle,
             timer: None,
+            waiting_since: None,
         }
     }
 
@@ -180,17 +183,23 @@ impl H1Body {
             return Poll::Ready(Err(H1BodyError::Io(io::ErrorKind::UnexpectedEof.into())));
         };
         if let Poll::Ready(read) = inbound.poll_fill(cx) {
+            self.waiting_since = None;
             return Poll::Ready(match read {
                 Ok(0) => Err(H1BodyError::Io(io::ErrorKind::UnexpectedEof.into())),
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.into()),
             });
         }
-        let due = tokio::time::Instant::now() + self.idle;
+        let since = *self
+            .waiting_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let due = since + self.idle;
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-        timer.as_mut().reset(due);
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
         ready!(timer.as_mut().poll(cx));
         Poll::Ready(Err(H1BodyError::Stalled))
     }

@@ -278,6 +278,7 @@ async fn read_response(
                         framing,
                         keep_alive,
                         read_idle,
+                        waiting_since: None,
                     };
                     return Ok(Response::from_parts(parts, body));
                 }
@@ -310,6 +311,8 @@ pub struct ResponseBody {
     keep_alive: bool,
     /// Longest wait for the next body byte (nginx's `proxy_read_timeout`).
     read_idle: Duration,
+    /// When the body last had to wait for bytes, if it is waiting now.
+    waiting_since: Option<tokio::time::Instant>,
 }
 
 /// A response body that broke mid-way.
@@ -363,14 +366,20 @@ impl ResponseBody {
             return Poll::Ready(Ok(0));
         };
         if let Poll::Ready(read) = conn.poll_fill(cx) {
+            self.waiting_since = None;
             return Poll::Ready(read.map_err(ResponseBodyError::from));
         }
         // Only a body that makes the task wait reads the clock and moves the timer.
-        let due = tokio::time::Instant::now() + read_idle;
+        let since = *self
+            .waiting_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let due = since + read_idle;
         let timer = conn
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-        timer.as_mut().reset(due);
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
         ready!(timer.as_mut().poll(cx));
         Poll::Ready(Err(ResponseBodyError::Stalled))
     }

@@ -1,6 +1,9 @@
 //! The codec against RFC 9112 and RFC 9110 §5 and §7.6, one row per rule: raw bytes in,
 //! the verdict out. Rows name the section they check; nginx's choices are marked.
 
+use bytes::BytesMut;
+use http::HeaderMap;
+
 use super::*;
 
 /// What the codec made of a request head, as one comparable string.

@@ -13,6 +13,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::uri::Authority;
 use http::{header, Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -129,7 +130,7 @@ async fn write_request(
     body: UpstreamBody,
     send_idle: Duration,
 ) -> Result<(), UpstreamError> {
-    let framing = encode_head(head, &body, &mut conn.out);
+    let framing = encode_head(head, &body, &conn.endpoint, &mut conn.out);
     match framing {
         None => {
             conn.stream.write_all(&conn.out).await?;
@@ -142,7 +143,15 @@ async fn write_request(
 
 /// Writes the request head in HTTP/1.1 wire form into `out`; how the body that follows
 /// is framed (`None`: no body).
-fn encode_head(upstream: &UpstreamHead, body: &UpstreamBody, out: &mut Vec<u8>) -> Option<Framing> {
+///
+/// A request that named no host (HTTP/1.0 allows that; HTTP/1.1 does not, RFC 9112
+/// §3.2) gets the endpoint's, as nginx's default `Host: $proxy_host` does.
+fn encode_head(
+    upstream: &UpstreamHead,
+    body: &UpstreamBody,
+    endpoint: &Authority,
+    out: &mut Vec<u8>,
+) -> Option<Framing> {
     let head = &upstream.parts;
     out.clear();
     out.extend_from_slice(head.method.as_str().as_bytes());
@@ -169,6 +178,9 @@ fn encode_head(upstream: &UpstreamHead, body: &UpstreamBody, out: &mut Vec<u8>) 
             }
             put_field(out, name, value);
         }
+    }
+    if upstream.forwarded_host.is_none() {
+        put_field(out, b"host", endpoint.as_str().as_bytes());
     }
     for (name, value) in upstream.forwarded() {
         put_field(out, name.as_bytes(), value);

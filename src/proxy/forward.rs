@@ -3,6 +3,8 @@
 //! In: a routed client request.
 //! Out: the response the client gets, from the primary or the fallback, decided on the
 //! primary's response head before any byte goes to the client; or a [`ProxyError`].
+//! The policy itself is pure ([`after_primary`], [`after_fallback`]) and table-tested
+//! without sockets; the rest of this file is the I/O it decides.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -89,30 +91,95 @@ pub(super) async fn forward(
         }
         Err(err) => Err(err),
     };
-    let primary = match primary {
-        Ok(resp) if route.falls_back_on(resp.status().as_u16()) => resp,
-        Ok(resp) => return Ok(respond(rt, Answerer::Primary, resp)),
-        Err(err @ (ProxyError::UpstreamConnect { .. } | ProxyError::NoEndpoints(_)))
-            if route.fallback_on_error =>
-        {
-            let Some(replay) = replay else {
-                skipped();
-                return Err(err);
-            };
+    let verdict = after_primary(route, primary_outcome(&primary), replay.is_some());
+    match (verdict, primary, replay) {
+        (Next::Fallback(Trigger::Status), Ok(primary), Some(replay)) => {
+            rt.metrics.fallback_on_status();
+            // Boxed: a primary hit, the hot path, then moves a much smaller future around.
+            Box::pin(fall_back(rt, route, &head, primary, replay, read_idle)).await
+        }
+        (Next::Fallback(Trigger::Unreachable), Err(_), Some(replay)) => {
             rt.metrics.fallback_on_error();
             let resp = Box::pin(send_fallback(rt, route, &head, replay, read_idle)).await?;
-            return Ok(respond(rt, Answerer::Fallback, resp));
+            Ok(respond(rt, Answerer::Fallback, resp))
         }
-        Err(err) => return Err(err),
-    };
+        (verdict, primary, _) => {
+            if verdict == Next::Skipped {
+                skipped();
+            }
+            primary.map(|resp| respond(rt, Answerer::Primary, resp))
+        }
+    }
+}
 
-    let Some(replay) = replay else {
-        skipped();
-        return Ok(respond(rt, Answerer::Primary, primary));
+/// How the primary attempt ended, as far as the policy cares.
+#[derive(Clone, Copy, Debug)]
+enum Outcome {
+    /// It answered with this status.
+    Status(u16),
+    /// The request never reached it: the connection was refused or timed out, or it has
+    /// no ready endpoint.
+    Unreachable,
+    /// It failed after the request may have reached it (a reset, a timeout, a malformed
+    /// answer): never retried, the primary may have acted.
+    Failed,
+}
+
+fn primary_outcome(primary: &Result<Response<ResponseBody>, ProxyError>) -> Outcome {
+    match primary {
+        Ok(resp) => Outcome::Status(resp.status().as_u16()),
+        Err(ProxyError::UpstreamConnect { .. } | ProxyError::NoEndpoints(_)) => {
+            Outcome::Unreachable
+        }
+        Err(_) => Outcome::Failed,
+    }
+}
+
+/// What comes after the primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// The primary's answer, or its error, is the client's.
+    Primary,
+    /// The same request goes to the fallback.
+    Fallback(Trigger),
+    /// The fallback would be asked, but the body was not kept for replay: the primary's
+    /// answer or error stands, and the skipped fallback is counted.
+    Skipped,
+}
+
+/// Why the fallback is asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    /// A `fallbackOn` status.
+    Status,
+    /// An unreachable primary, with `fallbackOnError`.
+    Unreachable,
+}
+
+/// The policy after the primary, pure: a `fallbackOn` status, or an unreachable primary
+/// with `fallbackOnError`, sends the request on when its body can be replayed.
+fn after_primary(route: &Route, outcome: Outcome, replayable: bool) -> Next {
+    let trigger = match outcome {
+        Outcome::Status(status) if route.falls_back_on(status) => Trigger::Status,
+        Outcome::Unreachable if route.fallback_on_error => Trigger::Unreachable,
+        _ => return Next::Primary,
     };
-    rt.metrics.fallback_on_status();
-    // Boxed: a primary hit, the hot path, then moves a much smaller future around.
-    Box::pin(fall_back(rt, route, &head, primary, replay, read_idle)).await
+    if replayable {
+        Next::Fallback(trigger)
+    } else {
+        Next::Skipped
+    }
+}
+
+/// Whose answer the client gets once the fallback answered `status`: the fallback's,
+/// unless it too answered a `fallbackOn` status and `notFoundFrom: primary` keeps the
+/// legacy one.
+fn after_fallback(route: &Route, status: u16) -> Answerer {
+    if route.not_found_from == Answerer::Primary && route.falls_back_on(status) {
+        Answerer::Primary
+    } else {
+        Answerer::Fallback
+    }
 }
 
 /// The primary answered a `fallbackOn` status: the same request goes to the fallback.
@@ -126,11 +193,8 @@ async fn fall_back(
 ) -> Result<Response<ClientBody>, ProxyError> {
     let kept = keep_primary_answer(route, primary).await;
     let fallback = send_fallback(rt, route, head, replay, read_idle).await?;
-    match kept {
-        Some(kept) if route.falls_back_on(fallback.status().as_u16()) => {
-            // Neither serves it; `notFoundFrom: primary` keeps the legacy answer.
-            Ok(respond_kept(rt, kept))
-        }
+    match (after_fallback(route, fallback.status().as_u16()), kept) {
+        (Answerer::Primary, Some(kept)) => Ok(respond_kept(rt, kept)),
         _ => Ok(respond(rt, Answerer::Fallback, fallback)),
     }
 }
@@ -326,4 +390,134 @@ fn respond_kept(rt: &RouteRuntime, kept: KeptAnswer) -> Response<ClientBody> {
     remove_hop_by_hop(&mut parts.headers, false);
     parts.version = Version::default();
     Response::from_parts(parts, ClientBody::upstream_prefixed(prefix, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::tests::mk_route;
+
+    /// The policy, one row per case a user configures: what follows the primary.
+    #[test]
+    fn after_the_primary() {
+        use Next::*;
+        use Outcome::*;
+        // fallbackOn, fallbackOnError, the primary's outcome, replayable, what follows.
+        type Row = (&'static [u16], bool, Outcome, bool, Next, &'static str);
+        let rows: &[Row] = &[
+            (
+                &[404],
+                false,
+                Status(200),
+                true,
+                Primary,
+                "a hit is the primary's",
+            ),
+            (
+                &[404],
+                false,
+                Status(404),
+                true,
+                Fallback(Trigger::Status),
+                "404 falls back",
+            ),
+            (
+                &[404],
+                false,
+                Status(404),
+                false,
+                Skipped,
+                "404 with a body too large to replay: the primary's 404, counted",
+            ),
+            (
+                &[404, 410],
+                false,
+                Status(410),
+                true,
+                Fallback(Trigger::Status),
+                "every fallbackOn status",
+            ),
+            (
+                &[404],
+                false,
+                Status(500),
+                true,
+                Primary,
+                "a 5xx is the primary's",
+            ),
+            (
+                &[404],
+                false,
+                Unreachable,
+                true,
+                Primary,
+                "unreachable without fallbackOnError: its 502",
+            ),
+            (
+                &[404],
+                true,
+                Unreachable,
+                true,
+                Fallback(Trigger::Unreachable),
+                "unreachable with fallbackOnError",
+            ),
+            (
+                &[404],
+                true,
+                Unreachable,
+                false,
+                Skipped,
+                "unreachable, body not kept",
+            ),
+            (
+                &[404],
+                true,
+                Failed,
+                true,
+                Primary,
+                "a reset or timeout is never retried",
+            ),
+        ];
+        for (statuses, on_error, outcome, replayable, want, why) in rows {
+            let mut route = mk_route("r", &[], &["/"]);
+            route.fallback_on = statuses.to_vec();
+            route.fallback_on_error = *on_error;
+            assert_eq!(after_primary(&route, *outcome, *replayable), *want, "{why}");
+        }
+    }
+
+    #[test]
+    fn after_the_fallback() {
+        let rows = [
+            (
+                Answerer::Fallback,
+                404,
+                Answerer::Fallback,
+                "notFoundFrom: fallback, the new app's 404",
+            ),
+            (
+                Answerer::Primary,
+                404,
+                Answerer::Primary,
+                "notFoundFrom: primary keeps the legacy 404",
+            ),
+            (
+                Answerer::Primary,
+                200,
+                Answerer::Fallback,
+                "a fallback that serves it answers",
+            ),
+            (
+                Answerer::Primary,
+                500,
+                Answerer::Fallback,
+                "a fallback error is its own",
+            ),
+        ];
+        for (not_found_from, status, want, why) in rows {
+            let mut route = mk_route("r", &[], &["/"]);
+            route.not_found_from = not_found_from;
+            assert_eq!(after_fallback(&route, status), want, "{why}");
+        }
+    }
 }

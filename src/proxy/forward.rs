@@ -91,24 +91,33 @@ pub(super) async fn forward(
         }
         Err(err) => Err(err),
     };
-    let verdict = after_primary(route, primary_outcome(&primary), replay.is_some());
-    match (verdict, primary, replay) {
-        (Next::Fallback(Trigger::Status), Ok(primary), Some(replay)) => {
-            rt.metrics.fallback_on_status();
-            // Boxed: a primary hit, the hot path, then moves a much smaller future around.
-            Box::pin(fall_back(rt, route, &head, primary, replay, read_idle)).await
-        }
-        (Next::Fallback(Trigger::Unreachable), Err(_), Some(replay)) => {
-            rt.metrics.fallback_on_error();
-            let resp = Box::pin(send_fallback(rt, route, &head, replay, read_idle)).await?;
-            Ok(respond(rt, Answerer::Fallback, resp))
-        }
-        (verdict, primary, _) => {
-            if verdict == Next::Skipped {
-                skipped();
+    // Matched one value at a time: a tuple of the three would copy each into it.
+    match after_primary(route, primary_outcome(&primary), replay.is_some()) {
+        Next::Fallback(trigger) => {
+            let Some(replay) = replay else {
+                // `after_primary` only falls back on a replayable body.
+                return primary.map(|resp| respond(rt, Answerer::Primary, resp));
+            };
+            match trigger {
+                Trigger::Status => rt.metrics.fallback_on_status(),
+                Trigger::Unreachable => rt.metrics.fallback_on_error(),
             }
+            match primary {
+                // Boxed: a primary hit, the hot path, then moves a much smaller future.
+                Ok(primary) => {
+                    Box::pin(fall_back(rt, route, &head, primary, replay, read_idle)).await
+                }
+                Err(_) => {
+                    let resp = Box::pin(send_fallback(rt, route, &head, replay, read_idle)).await?;
+                    Ok(respond(rt, Answerer::Fallback, resp))
+                }
+            }
+        }
+        Next::Skipped => {
+            skipped();
             primary.map(|resp| respond(rt, Answerer::Primary, resp))
         }
+        Next::Primary => primary.map(|resp| respond(rt, Answerer::Primary, resp)),
     }
 }
 
@@ -324,17 +333,7 @@ async fn send(
         endpoint,
         started,
     } = attempt;
-    // Boxed: the exchange is most of the request's state, and a future is copied whole
-    // into each caller's state as it starts; on the heap it is written once.
-    let result = Box::pin(upstream::send(
-        endpoint,
-        &route.timeouts,
-        read_idle,
-        started,
-        head,
-        body,
-    ))
-    .await;
+    let result = upstream::send(endpoint, &route.timeouts, read_idle, started, head, body).await;
     rt.metrics.upstream_attempt(backend, started.elapsed());
     let err = match result {
         Ok(resp) => return Ok(resp),

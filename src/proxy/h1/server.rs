@@ -112,6 +112,7 @@ async fn serve<W: AsyncWrite + Unpin>(
     // Armed once: when it fires it is pushed back to the current head's deadline, so a
     // busy connection costs the timer nothing per request.
     let mut expiry = pin!(tokio::time::sleep(header_timeout));
+    let mut expiry_polled = false;
     let mut watching = stop.clone();
     let mut stopping = pin!(watching.changed());
     // `stopping` is polled once, to have shutdown wake this task; after that the stop
@@ -151,14 +152,19 @@ async fn serve<W: AsyncWrite + Unpin>(
                         }
                     }
                 }
-                if expiry.as_mut().poll(cx).is_ready() {
-                    let due = waiting_since + header_timeout;
-                    if Instant::now() >= due {
-                        return Poll::Ready(None);
+                // The timer keeps the waker of its first poll, and this connection's
+                // task never changes: later waits only look at whether it fired.
+                if !expiry_polled || expiry.is_elapsed() {
+                    expiry_polled = true;
+                    if expiry.as_mut().poll(cx).is_ready() {
+                        let due = waiting_since + header_timeout;
+                        if Instant::now() >= due {
+                            return Poll::Ready(None);
+                        }
+                        expiry.as_mut().reset(due.into());
+                        // Polled again so the new deadline is registered with this task.
+                        let _ = expiry.as_mut().poll(cx);
                     }
-                    expiry.as_mut().reset(due.into());
-                    // Polled again so the new deadline is registered with this task.
-                    let _ = expiry.as_mut().poll(cx);
                 }
                 Poll::Pending
             })

@@ -207,14 +207,47 @@ fn encode_head(
     framing
 }
 
-/// Writes `data` within `idle`: a backend that stops taking bytes is given up on.
-async fn write_within(stream: &mut TcpStream, data: &[u8], idle: Duration) -> io::Result<()> {
-    match tokio::time::timeout(idle, stream.write_all(data)).await {
+/// Runs one write within `idle`: a backend that stops taking bytes is given up on. No
+/// timer is made for a write that completes at once, which is nearly every write.
+async fn within<T>(idle: Duration, write: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    let mut write = std::pin::pin!(write);
+    if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
+    {
+        return done;
+    }
+    match tokio::time::timeout(idle, write).await {
         Ok(written) => written,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
             "the backend took no request bytes within the upstream read timeout",
         )),
+    }
+}
+
+async fn write_within(stream: &mut TcpStream, data: &[u8], idle: Duration) -> io::Result<()> {
+    within(idle, stream.write_all(data)).await
+}
+
+/// Writes `head` and then `data` in one system call where the socket takes both, without
+/// copying `data` behind `head` first.
+async fn write_pair(
+    stream: &mut TcpStream,
+    head: &[u8],
+    data: &[u8],
+    idle: Duration,
+) -> io::Result<()> {
+    let slices = [io::IoSlice::new(head), io::IoSlice::new(data)];
+    let written = within(idle, stream.write_vectored(&slices)).await?;
+    // A short write (the socket buffer filled up) is finished with plain writes.
+    if written < head.len() {
+        write_within(stream, &head[written..], idle).await?;
+        write_within(stream, data, idle).await
+    } else {
+        let rest = &data[written - head.len()..];
+        if rest.is_empty() {
+            return Ok(());
+        }
+        write_within(stream, rest, idle).await
     }
 }
 
@@ -228,6 +261,9 @@ async fn write_body(
 ) -> Result<(), UpstreamError> {
     let Conn { stream, out, .. } = conn;
     let mut trailers = None;
+    // A data frame of a sized body waiting to leave with what is in `out` (the head,
+    // at first), in one vectored write: a replayed body is then never copied.
+    let mut pending: Option<Bytes> = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(UpstreamError::RequestBody)?;
         let data = match frame.into_data() {
@@ -240,25 +276,35 @@ async fn write_body(
         if data.is_empty() {
             continue;
         }
-        if let Framing::Chunked = framing {
-            put_chunk_size(out, data.len());
-        }
-        if out.len() + data.len() <= COALESCE_BYTES {
-            out.extend_from_slice(&data);
-        } else {
-            write_within(stream, out, idle).await?;
+        if let Some(before) = pending.take() {
+            write_pair(stream, out, &before, idle).await?;
             out.clear();
-            write_within(stream, &data, idle).await?;
         }
-        if let Framing::Chunked = framing {
-            out.extend_from_slice(b"\r\n");
+        match framing {
+            Framing::Length if out.len() + data.len() <= COALESCE_BYTES => pending = Some(data),
+            Framing::Length => {
+                write_pair(stream, out, &data, idle).await?;
+                out.clear();
+            }
+            Framing::Chunked => {
+                put_chunk_size(out, data.len());
+                if out.len() + data.len() <= COALESCE_BYTES {
+                    out.extend_from_slice(&data);
+                } else {
+                    write_pair(stream, out, &data, idle).await?;
+                    out.clear();
+                }
+                out.extend_from_slice(b"\r\n");
+            }
         }
     }
     if let Framing::Chunked = framing {
         put_last_chunk(out, trailers.as_ref());
     }
-    if !out.is_empty() {
-        write_within(stream, out, idle).await?;
+    match pending {
+        Some(data) => write_pair(stream, out, &data, idle).await?,
+        None if !out.is_empty() => write_within(stream, out, idle).await?,
+        None => {}
     }
     Ok(())
 }

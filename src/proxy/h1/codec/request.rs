@@ -9,8 +9,8 @@ use http::{Method, StatusCode, Uri, Version};
 
 use super::{parse_content_length, skip_empty_lines, MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::proxy::h1::head::{
-    has_token, is_field_value, is_forwarded_name, is_hop_by_hop_name, names_field, names_fields,
-    FieldScan, RawFields,
+    has_token, is_forwarded_name, is_hop_by_hop_name, names_field, names_fields, FieldScan,
+    RawFields,
 };
 
 /// Why a client's request head is refused; the status says how it is answered.
@@ -245,9 +245,8 @@ struct Facts {
 
 impl Facts {
     fn see_request_field(&mut self, name: &[u8], value: &[u8]) -> Result<Cut, RequestError> {
-        if !is_field_value(value) {
-            return Err(malformed("invalid field value"));
-        }
+        // No value check here: httparse's strict parse admits exactly the bytes
+        // `HeaderValue` does (HTAB, SP to `~`, obs-text), tested in `codec::tests`.
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
         Ok(match name.len() {
             4 if is(b"host") => {

@@ -8,9 +8,7 @@ use bytes::{Buf, BytesMut};
 use http::{StatusCode, Version};
 
 use super::{parse_content_length, skip_empty_lines, ChunkedDecoder, MAX_HEADERS, MAX_HEAD_BYTES};
-use crate::proxy::h1::head::{
-    has_token, is_field_value, is_hop_by_hop_name, names_fields, FieldScan, RawFields,
-};
+use crate::proxy::h1::head::{has_token, is_hop_by_hop_name, names_fields, FieldScan, RawFields};
 
 /// What the request asked that decides how its response is read.
 #[derive(Clone, Copy, Debug)]
@@ -105,9 +103,7 @@ pub fn parse_response_head(
     let mut fields = FramingFields::default();
     let mut scan = FieldScan::new(buf);
     for h in parsed.headers.iter() {
-        if !is_field_value(h.value) {
-            return bad("invalid header value");
-        }
+        // httparse's strict parse already admits only `HeaderValue` bytes.
         let name = h.name.as_bytes();
         fields.see(name, h.value);
         scan.facts.dated |= name.eq_ignore_ascii_case(b"date");

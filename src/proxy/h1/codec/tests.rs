@@ -358,3 +358,39 @@ fn content_lengths_are_digits_only() {
         );
     }
 }
+
+/// Why the codec does not check field values itself: for every byte, httparse's strict
+/// parse of a request and of a response accepts it in a value exactly when
+/// `HeaderValue` does, so every value the codec hands on is one.
+#[test]
+fn httparse_admits_exactly_the_bytes_header_value_does() {
+    for b in 0..=255u8 {
+        if b == b'\r' || b == b'\n' {
+            continue;
+        }
+        let value = [b'a', b, b'z'];
+        let header_value = http::HeaderValue::from_bytes(&value).is_ok();
+        let mut request = b"GET / HTTP/1.1\r\nHost: h\r\nx-v: ".to_vec();
+        request.extend_from_slice(&value);
+        request.extend_from_slice(b"\r\n\r\n");
+        let mut buf = BytesMut::from(&request[..]);
+        assert_eq!(
+            matches!(parse_request_head(&mut buf), Ok(Some(_))),
+            header_value,
+            "request value byte {b:#04x}"
+        );
+        let mut response = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-v: ".to_vec();
+        response.extend_from_slice(&value);
+        response.extend_from_slice(b"\r\n\r\n");
+        let mut buf = BytesMut::from(&response[..]);
+        let asked = Asked {
+            head: false,
+            upgrade: false,
+        };
+        assert_eq!(
+            matches!(parse_response_head(&mut buf, asked), Ok(Some(_))),
+            header_value,
+            "response value byte {b:#04x}"
+        );
+    }
+}

@@ -135,7 +135,9 @@ impl ChunkedDecoder {
             return Ok(Decoded::End);
         }
         if buf.len() < 2 {
-            if buf.first().is_some_and(|&b| b != b'\r') && !buf[0].is_ascii_alphanumeric() {
+            // A lone first byte is judged as httparse would judge it with more behind:
+            // CR, or the start of a field name (any tchar, RFC 9110 §5.6.2).
+            if buf.first().is_some_and(|&b| b != b'\r' && !is_tchar(b)) {
                 return Err(ChunkedError("invalid trailer section"));
             }
             return Ok(Decoded::NeedMore);
@@ -167,6 +169,11 @@ impl ChunkedDecoder {
             Err(_) => Err(ChunkedError("invalid trailer section")),
         }
     }
+}
+
+/// Whether `b` may be in a token (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Whether what follows a chunk size is nothing or chunk extensions (`;name[=value]`,

@@ -293,6 +293,18 @@ fn chunked_trailers_are_kept_and_filtered() {
     }
 }
 
+/// Found by fuzz/chunked: a trailer name starting with a tchar other than a letter or
+/// digit was refused when its first byte arrived alone, and accepted when whole.
+#[test]
+fn trailer_names_starting_with_any_tchar_decode_whatever_the_read_boundaries() {
+    let wire = b"3\r\nabc\r\n0\r\n-x-sum: 1\r\n\r\n";
+    for split in 1..wire.len() {
+        let (body, trailers) = decode_all(wire, split).unwrap();
+        assert_eq!(body, b"abc", "split {split}");
+        assert!(trailers.is_some(), "split {split}");
+    }
+}
+
 #[test]
 fn malformed_chunks_are_refused() {
     for wire in [

@@ -63,14 +63,19 @@ pub(super) async fn forward(
     let read_idle = how.limits.upstream_read_timeout;
 
     let limit = route.max_replay_bytes;
-    let body = read_request_body(body, limit, how.budget, how.limits.body_timeout)
-        .await
-        .map_err(|err| match err {
-            ReadBodyError::Timeout | ReadBodyError::Broken(BodyError::H1(H1BodyError::Stalled)) => {
-                ProxyError::ClientBodyTimeout
-            }
-            ReadBodyError::Broken(err) => ProxyError::ClientBody(err),
-        })?;
+    let body = match body {
+        // Most requests: no body future to build and move around.
+        _ if bodyless => RequestBody::Replayable(UpstreamBody::empty()),
+        body => read_request_body(body, limit, how.budget, how.limits.body_timeout)
+            .await
+            .map_err(|err| match err {
+                ReadBodyError::Timeout
+                | ReadBodyError::Broken(BodyError::H1(H1BodyError::Stalled)) => {
+                    ProxyError::ClientBodyTimeout
+                }
+                ReadBodyError::Broken(err) => ProxyError::ClientBody(err),
+            })?,
+    };
     let (body, replay, no_replay) = match body {
         RequestBody::Replayable(body) => {
             let replay = body.replay();

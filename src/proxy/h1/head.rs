@@ -155,9 +155,12 @@ impl<'b> FieldScan<'b> {
 
 impl RawFields {
     /// The fields of `head`, a complete response head httparse accepted, with the
-    /// slices to copy them in if its [`FieldScan`] found some.
-    pub fn of_head(head: &Bytes, spans: Option<Spans>) -> Self {
-        let start = memchr::memchr(b'\n', head).map_or(head.len(), |nl| nl + 1);
+    /// slices to copy them in if its [`FieldScan`] found some. `first` is where its
+    /// first field line starts, when the parser knows (it has one).
+    pub fn of_head(head: &Bytes, first: Option<usize>, spans: Option<Spans>) -> Self {
+        let start = first
+            .or_else(|| memchr::memchr(b'\n', head).map(|nl| nl + 1))
+            .unwrap_or(head.len());
         RawFields {
             lines: head.slice(start..),
             host: None,
@@ -169,10 +172,11 @@ impl RawFields {
     /// value is at `host` (a byte range of `head`).
     pub fn of_request_head(
         head: &Bytes,
+        first: Option<usize>,
         host: Option<(usize, usize)>,
         spans: Option<Spans>,
     ) -> Self {
-        let mut fields = RawFields::of_head(head, spans);
+        let mut fields = RawFields::of_head(head, first, spans);
         let skipped = head.len() - fields.lines.len();
         fields.host = host.map(|(start, end)| (start - skipped, end - skipped));
         fields
@@ -534,7 +538,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nHost:  a:8080 \r\nKeep-Alive: 5\r\nx-empty:\r\n\
               Set-Cookie: a=1; Path=/\nTE: trailers\r\nSet-Cookie:\tb=2\r\n\r\n",
         );
-        let fields = RawFields::of_request_head(&head, Some((24, 30)), None);
+        let fields = RawFields::of_request_head(&head, None, Some((24, 30)), None);
         let all: Vec<_> = fields.all().collect();
         let expected: [(&[u8], &[u8]); 6] = [
             (b"Host", b"a:8080"),
@@ -571,7 +575,7 @@ mod tests {
             let name = h.name.as_bytes();
             scan.see(name, h.value, is_hop_by_hop_name(name));
         }
-        let fields = RawFields::of_head(&Bytes::from_static(head), scan.finish(len));
+        let fields = RawFields::of_head(&Bytes::from_static(head), None, scan.finish(len));
         let mut out = Vec::new();
         fields.copy_to(&mut out)?;
         let mut one_by_one = Vec::new();

@@ -141,6 +141,7 @@ pub fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, Req
     if facts.hosts > 1 {
         return Err(malformed("more than one Host field"));
     }
+    let first = parsed.headers.first().map(|h| range(h.name.as_bytes()).0);
     let head = buf.split_to(len).freeze();
     let uri = parse_target(head.slice(target.0..target.1), &method)?;
     let absolute = uri.authority().is_some() && method != Method::CONNECT;
@@ -154,7 +155,7 @@ pub fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, Req
         upgrade: facts.connection_upgrade && facts.upgrade_field,
         trailers: facts.te_trailers,
         rewrite: facts.rewrite || absolute,
-        fields: RawFields::of_request_head(&head, facts.host, spans),
+        fields: RawFields::of_request_head(&head, first, facts.host, spans),
         method,
         uri,
         version,

@@ -120,8 +120,12 @@ pub fn parse_response_head(
     let rewrite = status == StatusCode::SWITCHING_PROTOCOLS
         || both_framings
         || fields.connection_names_fields;
+    let first = parsed
+        .headers
+        .first()
+        .map(|h| h.name.as_ptr() as usize - buf.as_ptr() as usize);
     let head = buf.split_to(len).freeze();
-    let raw = RawFields::of_head(&head, spans);
+    let raw = RawFields::of_head(&head, first, spans);
     let mut parts = http::Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;

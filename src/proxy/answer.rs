@@ -134,6 +134,11 @@ impl ClientBody {
         self.timer = Some(timer);
         self
     }
+
+    /// Attaches the request timer in place: the body is not moved.
+    pub fn time(&mut self, timer: RequestTimer) {
+        self.timer = Some(timer);
+    }
 }
 
 /// A response ready for hyper, which writes only the header map: any raw upstream

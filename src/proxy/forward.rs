@@ -21,7 +21,7 @@ use super::body::{
     read_request_body, ClientRequestBody, NoReplay, ReadBodyError, ReplayBudget, RequestBody,
     UpstreamBody,
 };
-use super::h1::head::{is_upgrade, remove_hop_by_hop, RawFields, UpstreamHead};
+use super::h1::head::{is_upgrade, remove_hop_by_hop, NamedHost, RawFields, UpstreamHead};
 use super::h1::inbound::H1BodyError;
 use super::rescue::ProxyError;
 use super::upstream::{self, ResponseBody};
@@ -101,7 +101,7 @@ pub(super) async fn forward(
         Next::Fallback(trigger) => {
             let Some(replay) = replay else {
                 // `after_primary` only falls back on a replayable body.
-                return primary.map(|resp| respond(rt, Answerer::Primary, resp));
+                return primary.map(|resp| respond(rt, Answerer::Primary, resp, started));
             };
             match trigger {
                 Trigger::Status => rt.metrics.fallback_on_status(),
@@ -110,19 +110,22 @@ pub(super) async fn forward(
             match primary {
                 // Boxed: a primary hit, the hot path, then moves a much smaller future.
                 Ok(primary) => {
-                    Box::pin(fall_back(rt, route, &head, primary, replay, read_idle)).await
+                    Box::pin(fall_back(
+                        rt, route, &head, primary, replay, read_idle, started,
+                    ))
+                    .await
                 }
                 Err(_) => {
                     let resp = Box::pin(send_fallback(rt, route, &head, replay, read_idle)).await?;
-                    Ok(respond(rt, Answerer::Fallback, resp))
+                    Ok(respond(rt, Answerer::Fallback, resp, started))
                 }
             }
         }
         Next::Skipped => {
             skipped();
-            primary.map(|resp| respond(rt, Answerer::Primary, resp))
+            primary.map(|resp| respond(rt, Answerer::Primary, resp, started))
         }
-        Next::Primary => primary.map(|resp| respond(rt, Answerer::Primary, resp)),
+        Next::Primary => primary.map(|resp| respond(rt, Answerer::Primary, resp, started)),
     }
 }
 
@@ -204,12 +207,13 @@ async fn fall_back(
     primary: Response<ResponseBody>,
     replay: UpstreamBody,
     read_idle: std::time::Duration,
+    started: Instant,
 ) -> Result<Response<ClientBody>, ProxyError> {
     let kept = keep_primary_answer(route, primary).await;
     let fallback = send_fallback(rt, route, head, replay, read_idle).await?;
     match (after_fallback(route, fallback.status().as_u16()), kept) {
-        (Answerer::Primary, Some(kept)) => Ok(respond_kept(rt, kept)),
-        _ => Ok(respond(rt, Answerer::Fallback, fallback)),
+        (Answerer::Primary, Some(kept)) => Ok(respond_kept(rt, kept, started)),
+        _ => Ok(respond(rt, Answerer::Fallback, fallback, started)),
     }
 }
 
@@ -276,13 +280,14 @@ fn prepare_head(
             if let Some(host) = &host {
                 parts.headers.insert(header::HOST, host.clone());
             }
-            host
+            host.map(NamedHost::Value)
         }
         None => parts
             .headers
             .get(header::HOST)
             .cloned()
-            .or_else(|| fields.host_value()),
+            .map(NamedHost::Value)
+            .or_else(|| fields.host_bytes().map(NamedHost::Raw)),
     };
     let target = rewritten_path.map(|path| match parts.uri.query() {
         Some(query) => format!("{path}?{query}"),
@@ -365,8 +370,9 @@ fn respond(
     rt: &RouteRuntime,
     backend: Answerer,
     resp: Response<ResponseBody>,
+    started: Instant,
 ) -> Response<ClientBody> {
-    let (mut parts, body) = resp.into_parts();
+    let (parts, body) = resp.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     let body = if switching {
         // The codec only lets a 101 through to a request that asked to upgrade.
@@ -377,14 +383,16 @@ fn respond(
     } else {
         ClientBody::upstream(body)
     };
-    rt.metrics.response(backend, parts.status);
-    remove_hop_by_hop(&mut parts.headers, switching);
+    let mut resp = Response::from_parts(parts, body);
+    resp.body_mut().time(rt.metrics.request_timer(started));
+    rt.metrics.response(backend, resp.status());
+    remove_hop_by_hop(resp.headers_mut(), switching);
     // The upstream's protocol version is its own business; the server speaks the client's.
-    parts.version = Version::default();
-    Response::from_parts(parts, body)
+    *resp.version_mut() = Version::default();
+    resp
 }
 
-fn respond_kept(rt: &RouteRuntime, kept: KeptAnswer) -> Response<ClientBody> {
+fn respond_kept(rt: &RouteRuntime, kept: KeptAnswer, started: Instant) -> Response<ClientBody> {
     let KeptAnswer {
         mut parts,
         prefix,
@@ -393,7 +401,8 @@ fn respond_kept(rt: &RouteRuntime, kept: KeptAnswer) -> Response<ClientBody> {
     rt.metrics.response(Answerer::Primary, parts.status);
     remove_hop_by_hop(&mut parts.headers, false);
     parts.version = Version::default();
-    Response::from_parts(parts, ClientBody::upstream_prefixed(prefix, rest))
+    let body = ClientBody::upstream_prefixed(prefix, rest).timed(rt.metrics.request_timer(started));
+    Response::from_parts(parts, body)
 }
 
 #[cfg(test)]

@@ -204,7 +204,8 @@ impl Proxy {
             rewritten_path: rewritten,
         };
         match forward::forward(route, rt, req, fields, conn, how).await {
-            Ok(resp) => resp.map(|b| b.timed(rt.metrics.request_timer(started))),
+            // Timed by `forward` as it built the answer: mapping it here would copy it.
+            Ok(resp) => resp,
             Err(err) => {
                 tracing::warn!(
                     route = %format_args!("{}/{}", route.namespace, route.name),

@@ -207,10 +207,10 @@ impl RawFields {
         self.all().filter(|(name, _)| !is_hop_by_hop_name(name))
     }
 
-    /// The `Host` value, sharing the head.
-    pub fn host_value(&self) -> Option<HeaderValue> {
+    /// The `Host` value, sharing the head (the codec judged it a valid host).
+    pub fn host_bytes(&self) -> Option<Bytes> {
         let (start, end) = self.host?;
-        HeaderValue::from_maybe_shared(self.lines.slice(start..end)).ok()
+        Some(self.lines.slice(start..end))
     }
 
     /// The `Host` field, if it is text.
@@ -421,11 +421,29 @@ pub struct UpstreamHead {
     /// `X-Forwarded-Proto`: the scheme the client used.
     pub forwarded_proto: &'static str,
     /// `X-Forwarded-Host`: the host the client asked for, if it named one.
-    pub forwarded_host: Option<HeaderValue>,
+    pub forwarded_host: Option<NamedHost>,
     /// The request target sent instead of the client's, when its path was normalised.
     pub target: Option<String>,
     /// The request asks to switch protocols: a 101 answer is expected, not refused.
     pub upgrade: bool,
+}
+
+/// The host a request named (its authority or `Host`), as it goes upstream.
+#[derive(Debug)]
+pub enum NamedHost {
+    /// From a header map or a target's authority.
+    Value(HeaderValue),
+    /// A client's `Host` value, sharing the head the codec judged: not checked again.
+    Raw(Bytes),
+}
+
+impl NamedHost {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            NamedHost::Value(value) => value.as_bytes(),
+            NamedHost::Raw(raw) => raw,
+        }
+    }
 }
 
 impl UpstreamHead {
@@ -438,7 +456,7 @@ impl UpstreamHead {
         fields: RawFields,
         client_ip: &HeaderValue,
         proto: &'static str,
-        host: Option<HeaderValue>,
+        host: Option<NamedHost>,
     ) -> Self {
         let mut forwarded_for = client_ip.clone();
         // One pass over the names; most requests carry none of these.
@@ -655,7 +673,7 @@ mod tests {
             RawFields::default(),
             &ip,
             "http",
-            Some(HeaderValue::from_static("shop")),
+            Some(NamedHost::Value(HeaderValue::from_static("shop"))),
         );
         let fields: Vec<_> = head.forwarded().collect();
         assert_eq!(

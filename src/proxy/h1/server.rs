@@ -24,7 +24,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::{header, Request, StatusCode, Version};
+use http::{header, Request, Response, StatusCode, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -126,11 +126,11 @@ async fn serve<W: AsyncWrite + Unpin>(
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 Err(err) => {
-                    let (parts, mut body) = proxy.unrouted(&ProxyError::Request(err)).into_parts();
+                    let mut resp = proxy.unrouted(&ProxyError::Request(err));
                     let answer = Answer::closing();
-                    let (framing, _) = put_head(&mut out, &parts, &mut body, answer);
-                    let _ = write_body(&mut write, &mut out, pin!(body), framing, answer, &limits)
-                        .await;
+                    let (framing, _) = put_head(&mut out, &mut resp, answer);
+                    let body = Pin::new(resp.body_mut());
+                    let _ = write_body(&mut write, &mut out, body, framing, answer, &limits).await;
                     let _ = write.shutdown().await;
                     return;
                 }
@@ -192,16 +192,17 @@ async fn serve<W: AsyncWrite + Unpin>(
         let (req, fields, home) = match into_request(head, inbound, limits.body_timeout) {
             Ok(parts) => parts,
             Err(err) => {
-                let (parts, mut body) = proxy.unrouted(&err).into_parts();
+                let mut resp = proxy.unrouted(&err);
                 let answer = Answer::closing();
-                let (framing, _) = put_head(&mut out, &parts, &mut body, answer);
-                let _ =
-                    write_body(&mut write, &mut out, pin!(body), framing, answer, &limits).await;
+                let (framing, _) = put_head(&mut out, &mut resp, answer);
+                let body = Pin::new(resp.body_mut());
+                let _ = write_body(&mut write, &mut out, body, framing, answer, &limits).await;
                 let _ = write.shutdown().await;
                 return;
             }
         };
-        let (parts, mut body) = proxy.handle(req, fields, info).await.into_parts();
+        // The answer stays where `handle` left it: taking it apart would copy it.
+        let mut resp = proxy.handle(req, fields, info).await;
         inbound = match home {
             Where::Kept(kept) => kept,
             Where::Lent(home) => match home.lock().ok().and_then(|mut h| h.take()) {
@@ -213,15 +214,14 @@ async fn serve<W: AsyncWrite + Unpin>(
                 None => return,
             },
         };
-        let framing = put_head(&mut out, &parts, &mut body, answer);
-        drop(parts);
-        if let Some((upstream, early)) = body.take_tunnel() {
+        let framing = put_head(&mut out, &mut resp, answer);
+        if let Some((upstream, early)) = resp.body_mut().take_tunnel() {
             if flush(&mut write, &mut out, &limits).await {
                 tunnel(inbound, write, upstream, early).await;
             }
             return;
         }
-        let body = pin!(body);
+        let body = Pin::new(resp.body_mut());
         let kept =
             write_body(&mut write, &mut out, body, framing.0, answer, &limits).await && !framing.1;
         if !kept {
@@ -330,16 +330,12 @@ enum Framing {
 }
 
 /// Puts a response's head in `out`: how its body is framed, and whether the connection
-/// ends after it. Upstream fields kept raw are taken from `body` and copied as the
+/// ends after it. Upstream fields kept raw are taken from its body and copied as the
 /// backend wrote them.
-fn put_head(
-    out: &mut Vec<u8>,
-    parts: &http::response::Parts,
-    body: &mut ClientBody,
-    answer: Answer,
-) -> (Framing, bool) {
+fn put_head(out: &mut Vec<u8>, resp: &mut Response<ClientBody>, answer: Answer) -> (Framing, bool) {
     out.clear();
-    let status = parts.status;
+    let fields = resp.body_mut().take_fields();
+    let status = resp.status();
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -347,7 +343,7 @@ fn put_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let (mut length, mut dated, mut close) = (None, false, answer.close);
-    for (name, value) in &parts.headers {
+    for (name, value) in resp.headers() {
         if name == header::CONNECTION && !switching {
             // Only fallthrough's own answers carry one (upstream ones lost theirs as
             // hop-by-hop): `close` after a broken request.
@@ -360,7 +356,6 @@ fn put_head(
         }
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    let fields = body.take_fields();
     if let Some(facts) = fields.copy_to(out) {
         length = length.or(facts.content_length);
         dated |= facts.dated;
@@ -386,7 +381,7 @@ fn put_head(
         Framing::None
     } else if let Some(n) = length {
         Framing::Length(n)
-    } else if let Some(n) = body.size_hint().exact() {
+    } else if let Some(n) = resp.body().size_hint().exact() {
         put_content_length(out, n);
         Framing::Length(n)
     } else if answer.http10 {

@@ -129,10 +129,13 @@ impl ChunkedDecoder {
     }
 
     fn trailers(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkedError> {
-        if buf.starts_with(b"\r\n") {
-            buf.advance(2);
-            self.state = Chunked::Done;
-            return Ok(Decoded::End);
+        // No trailers: an empty line, CRLF or a bare LF (accepted in heads too).
+        for end in [&b"\r\n"[..], b"\n"] {
+            if buf.starts_with(end) {
+                buf.advance(end.len());
+                self.state = Chunked::Done;
+                return Ok(Decoded::End);
+            }
         }
         if buf.len() < 2 {
             // A lone first byte is judged as httparse would judge it with more behind:
@@ -177,9 +180,14 @@ fn is_tchar(b: u8) -> bool {
 }
 
 /// Whether what follows a chunk size is nothing or chunk extensions (`;name[=value]`,
-/// with optional whitespace before each `;`). Extensions are read and dropped.
+/// with optional spaces or tabs before each `;`). Extensions are read and dropped.
 fn is_chunk_ext(rest: &[u8]) -> bool {
-    let rest = rest.trim_ascii_start();
+    // BWS is spaces and tabs only: a CR here is a bare CR, refused.
+    let start = rest
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(rest.len());
+    let rest = &rest[start..];
     rest.is_empty()
         || (rest.starts_with(b";")
             && rest

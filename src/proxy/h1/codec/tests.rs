@@ -305,6 +305,30 @@ fn trailer_names_starting_with_any_tchar_decode_whatever_the_read_boundaries() {
     }
 }
 
+/// Found by fuzz/chunked: a bare CR after a chunk size passed as whitespace, and a
+/// bare-LF end of the trailer section was refused when it arrived alone. Every split
+/// of each input must give the verdict the whole input gives.
+#[test]
+fn chunked_verdicts_do_not_depend_on_read_boundaries() {
+    let rows: &[(&[u8], bool)] = &[
+        (b"3\r\nabc\r\n0\r\n\n", true),
+        (b"3\r\nabc\r\n0\r\n\nrest", true),
+        (b"3\r\nabc\r\n0\r\r\n\r\n", false),
+        (b"3\r\r\nabc\r\n0\r\n\r\n", false),
+        (b"3 ;x=1\r\nabc\r\n0\t\r\n\r\n", true),
+    ];
+    for (wire, ok) in rows {
+        for split in 1..=wire.len() {
+            assert_eq!(
+                decode_all(wire, split).is_ok(),
+                *ok,
+                "{:?} split {split}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
+}
+
 #[test]
 fn malformed_chunks_are_refused() {
     for wire in [

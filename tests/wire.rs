@@ -341,3 +341,41 @@ async fn a_client_that_never_reads_is_cut_off() {
     }
     assert!(total < 64 * 1024 * 1024, "read {total} bytes");
 }
+
+#[tokio::test]
+async fn a_long_pipeline_does_not_switch_off_the_header_timeout() {
+    // Found by review: tokio's per-task budget, spent by a long pipeline, made the header
+    // timer's first poll return before creating a timer, and a half-sent head then held
+    // the connection open forever. Which length spends the budget at that poll depends
+    // on tokio's accounting, so every length up to 200 is tried, on its own connection.
+    let php = Recorder::start().await;
+    let ft = Fallthrough::start_with(
+        &route("shop", &php.url, &php.url, "  paths: [/public]\n"),
+        &["--client-header-timeout", "300ms"],
+    )
+    .await;
+    let mut conns = Vec::new();
+    for n in 1..=200 {
+        let mut wire = Vec::new();
+        for _ in 0..n {
+            wire.extend_from_slice(b"GET /unrouted HTTP/1.1\r\nHost: a\r\n\r\n");
+        }
+        wire.extend_from_slice(b"GET /unrouted HTTP/1.1\r\nHo");
+        let mut conn = RawConn::open(ft.http).await;
+        conn.write(&wire).await;
+        conns.push((n, conn));
+    }
+    for (n, conn) in &mut conns {
+        for i in 0..*n {
+            assert_eq!(
+                conn.response(false).await.status,
+                404,
+                "pipeline {n}, answer {i}"
+            );
+        }
+    }
+    // Each closed by the header timeout, well within the read deadline.
+    for (_, conn) in &mut conns {
+        conn.wait_closed().await;
+    }
+}

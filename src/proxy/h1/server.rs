@@ -153,17 +153,21 @@ async fn serve<W: AsyncWrite + Unpin>(
                     }
                 }
                 // The timer keeps the waker of its first poll, and this connection's
-                // task never changes: later waits only look at whether it fired.
+                // task never changes: later waits only look at whether it fired. Polled
+                // outside tokio's budget: a sleep refused for budget would create no
+                // timer, and then none would ever fire for this connection.
                 if !expiry_polled || expiry.is_elapsed() {
                     expiry_polled = true;
-                    if expiry.as_mut().poll(cx).is_ready() {
+                    let mut unbudgeted = tokio::task::unconstrained(expiry.as_mut());
+                    if Pin::new(&mut unbudgeted).poll(cx).is_ready() {
                         let due = waiting_since + header_timeout;
                         if Instant::now() >= due {
                             return Poll::Ready(None);
                         }
                         expiry.as_mut().reset(due.into());
                         // Polled again so the new deadline is registered with this task.
-                        let _ = expiry.as_mut().poll(cx);
+                        let mut unbudgeted = tokio::task::unconstrained(expiry.as_mut());
+                        let _ = Pin::new(&mut unbudgeted).poll(cx);
                     }
                 }
                 Poll::Pending

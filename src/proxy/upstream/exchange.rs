@@ -261,9 +261,11 @@ async fn write_body(
 ) -> Result<(), UpstreamError> {
     let Conn { stream, out, .. } = conn;
     let mut trailers = None;
-    // A data frame of a sized body waiting to leave with what is in `out` (the head,
-    // at first), in one vectored write: a replayed body is then never copied.
+    // The first data frame of a sized body leaves with the head in one vectored write,
+    // uncopied (a replayed body is usually one frame). Later small frames are copied
+    // into `out` and leave together: many tiny frames must not cost a write each.
     let mut pending: Option<Bytes> = None;
+    let mut first = true;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(UpstreamError::RequestBody)?;
         let data = match frame.into_data() {
@@ -277,11 +279,14 @@ async fn write_body(
             continue;
         }
         if let Some(before) = pending.take() {
-            write_pair(stream, out, &before, idle).await?;
-            out.clear();
+            // It fitted behind `out` when it came, and `out` has not grown since.
+            out.extend_from_slice(&before);
         }
+        let fits = out.len() + data.len() <= COALESCE_BYTES;
+        let first_frame = std::mem::replace(&mut first, false);
         match framing {
-            Framing::Length if out.len() + data.len() <= COALESCE_BYTES => pending = Some(data),
+            Framing::Length if fits && first_frame => pending = Some(data),
+            Framing::Length if fits => out.extend_from_slice(&data),
             Framing::Length => {
                 write_pair(stream, out, &data, idle).await?;
                 out.clear();

@@ -111,17 +111,35 @@ fn model(input: &[u8]) -> Model {
 /// A backend that records every request and answers each with an empty `status`
 /// (404 for paths under `/f` when `primary`), then closes: nothing is pooled, so what one
 /// iteration sent never reaches the next.
-async fn backend(primary: bool) -> (String, Arc<Mutex<Vec<Result<Seen, String>>>>) {
+async fn backend(primary: bool) -> Recorder {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
-    tokio::spawn(async move {
+    let accepting = tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
             tokio::spawn(serve_one(conn, primary, record.clone()));
         }
     });
-    (addr, seen)
+    Recorder {
+        addr,
+        seen,
+        accepting,
+    }
+}
+
+/// A recording backend of one iteration; its listener closes when this is dropped, so
+/// iterations do not pile up sockets.
+struct Recorder {
+    addr: String,
+    seen: Arc<Mutex<Vec<Result<Seen, String>>>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
 }
 
 async fn serve_one(
@@ -277,8 +295,8 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 fuzz_target!(|input: &[u8]| {
     let model = model(input);
     runtime().block_on(async {
-        let (primary_addr, primary) = backend(true).await;
-        let (fallback_addr, fallback) = backend(false).await;
+        let primary = backend(true).await;
+        let fallback = backend(false).await;
         let limits = Limits {
             header_timeout: Duration::from_secs(2),
             body_timeout: Duration::from_secs(2),
@@ -287,7 +305,7 @@ fuzz_target!(|input: &[u8]| {
             replay_budget: 1024 * 1024,
         };
         let proxy = Proxy::new(Arc::new(Metrics::new(1)), limits, 1);
-        proxy.publish(RouteTable::build([route(&primary_addr, &fallback_addr)]).0);
+        proxy.publish(RouteTable::build([route(&primary.addr, &fallback.addr)]).0);
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
         let info = ConnInfo::new("10.0.0.1:40000".parse().unwrap(), false);
@@ -310,10 +328,10 @@ fuzz_target!(|input: &[u8]| {
         .await
         .expect("the connection neither answered nor closed within 20 s");
 
-        let primary = primary.lock().unwrap().clone();
-        let fallback = fallback.lock().unwrap().clone();
-        check_subsequence("the primary", &primary, &model.requests);
-        check_subsequence("the fallback", &fallback, &model.requests);
+        let got = primary.seen.lock().unwrap().clone();
+        check_subsequence("the primary", &got, &model.requests);
+        let got = fallback.seen.lock().unwrap().clone();
+        check_subsequence("the fallback", &got, &model.requests);
 
         let finals = answers(out, &model);
         let owed = model.requests.len() + usize::from(model.refused);

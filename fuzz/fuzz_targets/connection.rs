@@ -93,7 +93,9 @@ fn model(input: &[u8]) -> Model {
             Ok(Some(head)) => {
                 let (body, whole) = take_body(&mut buf, head.framing);
                 let path = routed_path(&head.uri).unwrap_or_default();
-                let stop = head.close || head.upgrade || !whole || head.method == Method::CONNECT;
+                // An upgrade the backend did not take (these never answer 101) leaves
+                // the connection HTTP/1.1 (RFC 9110 §7.8): what follows is the next request.
+                let stop = head.close || !whole;
                 model.requests.push(Seen {
                     method: head.method,
                     path,

@@ -16,6 +16,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
+pub use super::conditions::DesiredCondition;
+use super::conditions::{accepted, rejected};
 use super::{route_from_spec, Context, Services, Unresolved};
 use crate::api::{FallbackRoute, FallbackRouteSpec};
 use crate::routes::{Answerer, HostMatch, RouteTable, Timeouts};
@@ -91,19 +93,6 @@ struct Slice {
     ports: Vec<(Option<String>, i32)>,
     /// Addresses of ready endpoints.
     ready: Vec<String>,
-}
-
-/// One condition a route should carry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DesiredCondition {
-    /// `Accepted`, `ResolvedRefs` or `Programmed`.
-    pub type_: &'static str,
-    /// `True`, `False` or `Unknown`.
-    pub status: &'static str,
-    /// CamelCase reason.
-    pub reason: &'static str,
-    /// What a user should know.
-    pub message: String,
 }
 
 /// The status a route should have after a build.
@@ -505,72 +494,6 @@ fn parse_secret(secret: &Secret, now: i64) -> Result<Certificate, InvalidCertifi
     let cert = field("tls.crt").ok_or(InvalidCertificate::NoCertificate)?;
     let key = field("tls.key").ok_or(InvalidCertificate::NoKey)?;
     crate::tls::parse(cert, key, now)
-}
-
-fn condition(
-    type_: &'static str,
-    status: &'static str,
-    reason: &'static str,
-    message: impl Into<String>,
-) -> DesiredCondition {
-    DesiredCondition {
-        type_,
-        status,
-        reason,
-        message: message.into(),
-    }
-}
-
-fn rejected(reason: &'static str, message: String) -> Vec<DesiredCondition> {
-    vec![
-        condition("Accepted", "False", reason, message),
-        condition(
-            "ResolvedRefs",
-            "Unknown",
-            "Pending",
-            "backends are resolved once the route is accepted",
-        ),
-        condition(
-            "Programmed",
-            "False",
-            "NotAccepted",
-            "the route is not served until it is accepted",
-        ),
-    ]
-}
-
-fn accepted(problems: &[(Answerer, Unresolved)]) -> Vec<DesiredCondition> {
-    let resolved = match problems.first() {
-        None => condition(
-            "ResolvedRefs",
-            "True",
-            "ResolvedRefs",
-            "every backend has ready endpoints",
-        ),
-        Some((_, first)) => {
-            let message = problems
-                .iter()
-                .map(|(which, p)| format!("{}: {p}", which.as_str()))
-                .collect::<Vec<_>>()
-                .join("; ");
-            condition(
-                "ResolvedRefs",
-                "False",
-                first.reason(),
-                format!("{message}; requests needing it get 503"),
-            )
-        }
-    };
-    vec![
-        condition("Accepted", "True", "Accepted", "the route is valid"),
-        resolved,
-        condition(
-            "Programmed",
-            "True",
-            "Programmed",
-            "the route is in the routing table",
-        ),
-    ]
 }
 
 impl Services for ClusterIndex {

@@ -15,6 +15,7 @@ use crate::api::{self, BackendRef, FallbackRouteSpec, ServiceRef};
 use crate::routes::{Answerer, Backend, HostMatch, Route, Timeouts};
 
 pub mod cluster;
+mod conditions;
 #[cfg(test)]
 mod tests;
 

@@ -9,7 +9,6 @@
 //! front of the unread rest and sent once.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -173,15 +172,11 @@ pub async fn read_request_body(
         return Ok(RequestBody::Streaming(body, NoReplay::BudgetSpent));
     };
     // Boxed: kept out of the request future, which every bodyless request moves around.
-    let mut buffering = Box::pin(buffer(body, limit, held));
-    // A body that came with its head is read at once: no timer is made for it.
-    let read = match std::future::poll_fn(|cx| Poll::Ready(buffering.as_mut().poll(cx))).await {
-        Poll::Ready(read) => read,
-        Poll::Pending => tokio::time::timeout(timeout, buffering)
-            .await
-            .map_err(|_| ReadBodyError::Timeout)?,
-    };
-    read.map_err(ReadBodyError::Broken)
+    // A body that came with its head is read at once, with no timer made for it.
+    super::deadline::within(timeout, Box::pin(buffer(body, limit, held)))
+        .await
+        .ok_or(ReadBodyError::Timeout)?
+        .map_err(ReadBodyError::Broken)
 }
 
 /// Why a body to be buffered for replay could not be read.

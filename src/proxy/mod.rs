@@ -9,6 +9,7 @@
 
 pub mod answer;
 pub mod body;
+mod deadline;
 mod forward;
 pub mod h1;
 pub mod listener;

@@ -38,6 +38,7 @@ use super::head::{has_token, RawFields};
 use super::inbound::{poll_read_tcp, AnyRead, H1Body, Home, Inbound};
 use crate::proxy::answer::ClientBody;
 use crate::proxy::body::ClientRequestBody;
+use crate::proxy::deadline::within;
 use crate::proxy::rescue::ProxyError;
 use crate::proxy::{ConnInfo, Proxy};
 
@@ -497,21 +498,17 @@ async fn flush<W: AsyncWrite + Unpin>(
 }
 
 /// Writes `data` and flushes it, giving up when the client takes none of it for
-/// `timeout` (nginx's `send_timeout`). No timer is armed for a write that completes at
-/// once, which is nearly every write.
+/// `timeout` (nginx's `send_timeout`).
 async fn write_within<W: AsyncWrite + Unpin>(
     stream: &mut W,
     data: &[u8],
     timeout: Duration,
 ) -> bool {
-    let mut writing = pin!(async {
+    let writing = async {
         stream.write_all(data).await?;
         stream.flush().await
-    });
-    match std::future::poll_fn(|cx| Poll::Ready(writing.as_mut().poll(cx))).await {
-        Poll::Ready(written) => written.is_ok(),
-        Poll::Pending => matches!(tokio::time::timeout(timeout, writing).await, Ok(Ok(()))),
-    }
+    };
+    matches!(within(timeout, writing).await, Some(Ok(())))
 }
 
 /// Copies bytes both ways once client and backend have switched protocols, until both

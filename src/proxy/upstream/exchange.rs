@@ -207,21 +207,16 @@ fn encode_head(
     framing
 }
 
-/// Runs one write within `idle`: a backend that stops taking bytes is given up on. No
-/// timer is made for a write that completes at once, which is nearly every write.
+/// Runs one write within `idle`: a backend that stops taking bytes is given up on.
 async fn within<T>(idle: Duration, write: impl Future<Output = io::Result<T>>) -> io::Result<T> {
-    let mut write = std::pin::pin!(write);
-    if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
-    {
-        return done;
-    }
-    match tokio::time::timeout(idle, write).await {
-        Ok(written) => written,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the backend took no request bytes within the upstream read timeout",
-        )),
-    }
+    crate::proxy::deadline::within(idle, write)
+        .await
+        .unwrap_or_else(|| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the backend took no request bytes within the upstream read timeout",
+            ))
+        })
 }
 
 async fn write_within(stream: &mut TcpStream, data: &[u8], idle: Duration) -> io::Result<()> {

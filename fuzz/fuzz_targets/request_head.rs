@@ -4,7 +4,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use fallthrough::proxy::h1::codec::parse_request_head;
+use fallthrough::proxy::h1::codec::{parse_request_head, put_field};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -49,10 +49,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut wire = format!("{} {target} HTTP/{version}\r\n", head.method).into_bytes();
     for (name, value) in &fields {
-        wire.extend_from_slice(name);
-        wire.extend_from_slice(b": ");
-        wire.extend_from_slice(value);
-        wire.extend_from_slice(b"\r\n");
+        put_field(&mut wire, name, value);
     }
     wire.extend_from_slice(b"\r\n");
     let mut again = BytesMut::from(&wire[..]);

@@ -3,7 +3,9 @@
 #![no_main]
 
 use bytes::BytesMut;
-use fallthrough::proxy::h1::codec::{parse_response_head, Asked, ResponseFraming, ResponseHead};
+use fallthrough::proxy::h1::codec::{
+    parse_response_head, put_field, Asked, ResponseFraming, ResponseHead,
+};
 use libfuzzer_sys::fuzz_target;
 
 fn kind(framing: &ResponseFraming) -> String {
@@ -46,10 +48,7 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     listed.extend(fields.all().map(|(n, v)| (n.to_vec(), v.to_vec())));
     for (name, value) in &listed {
-        again.extend_from_slice(name);
-        again.extend_from_slice(b": ");
-        again.extend_from_slice(value);
-        again.extend_from_slice(b"\r\n");
+        put_field(&mut again, name, value);
     }
     again.extend_from_slice(b"\r\n");
     let mut again = BytesMut::from(&again[..]);

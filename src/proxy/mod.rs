@@ -10,6 +10,7 @@
 pub mod answer;
 pub mod body;
 mod deadline;
+pub mod fastcgi;
 mod forward;
 pub mod h1;
 pub mod listener;

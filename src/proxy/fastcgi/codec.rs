@@ -458,12 +458,15 @@ pub struct CgiError(pub &'static str);
 /// The status: a `Status` field's (RFC 3875 §6.3.3), else 302 with a `Location`
 /// (§6.3.2: nginx and Apache answer a local redirect the same), else 200.
 pub fn parse_cgi_head(buf: &[u8]) -> Result<Option<(CgiHead, usize)>, CgiError> {
-    let too_large = CgiError("CGI header section too large");
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let (len, fields) = match httparse::parse_headers(buf, &mut slots) {
-        Ok(httparse::Status::Complete((len, _))) if len > MAX_HEAD_BYTES => return Err(too_large),
+    // Only what a head may span is read: a byte past the limit cannot change the verdict
+    // (too large), so a longer buffer is judged as any of its prefixes over the limit is.
+    let within = &buf[..buf.len().min(MAX_HEAD_BYTES)];
+    let (len, fields) = match httparse::parse_headers(within, &mut slots) {
         Ok(httparse::Status::Complete(complete)) => complete,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => return Err(too_large),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+            return Err(CgiError("CGI header section too large"))
+        }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(CgiError("too many CGI header fields")),
         Err(httparse::Error::HeaderName) => return Err(CgiError("invalid CGI field name")),

@@ -484,6 +484,13 @@ fn cgi_heads_over_the_h1_limits_are_refused() {
     );
     // Refused before the blank line: a caller buffering the head stops growing it.
     assert_eq!(cgi_verdict(format!("X-A: {value}").as_bytes()), too_large);
+    // What lies past the limit is not read: the verdict cannot depend on how much of it
+    // has arrived (before, a NUL past the limit was an invalid value, and every shorter
+    // buffer over the limit too large).
+    assert_eq!(
+        cgi_verdict(format!("X-A: {value}\0\r\n\r\n").as_bytes()),
+        too_large
+    );
     let at_limit = format!("X-A: {}\r\n\r\n", &value[..MAX_HEAD_BYTES - 9]);
     assert_eq!(at_limit.len(), MAX_HEAD_BYTES);
     assert!(cgi_verdict(at_limit.as_bytes()).starts_with("200"));

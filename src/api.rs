@@ -121,20 +121,99 @@ pub struct TlsSpec {
     pub key_file: Option<String>,
 }
 
-/// Where requests are sent: exactly one of `url` or `service`.
+/// Where requests are sent: exactly one of `url` or `service`, spoken to in HTTP/1.1
+/// unless a `fastcgi` block (FastCGI, e.g. PHP-FPM) or `tls` block (HTTPS) says otherwise.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.url) != has(self.service)").message("set exactly one of url or service"))]
+#[x_kube(validation = Rule::new("!(has(self.fastcgi) && has(self.tls))").message("a backend speaks FastCGI or HTTPS, not both: remove fastcgi or tls"))]
 pub struct BackendRef {
-    /// A fixed upstream, `http://host:port`. Used in file mode; in a cluster only when
-    /// the controller runs with `--allow-url-backends`.
+    /// A fixed upstream: `http://host:port`, `https://host:port`, `fastcgi://host:port`
+    /// (with a `fastcgi` block) or a Unix socket, `unix:/run/php/php-fpm.sock` (HTTP, or
+    /// FastCGI with a `fastcgi` block). Used in route files; in a cluster only when the
+    /// controller runs with `--allow-url-backends`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^http://[^/?#@]+/?$"))]
+    #[schemars(regex(pattern = r"^((https?|fastcgi)://[^/?#@]+/?|unix:/[^\x00]+)$"))]
     pub url: Option<String>,
 
     /// A Service in the route's namespace, resolved to its ready endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceRef>,
+
+    /// Speak FastCGI to this backend (PHP-FPM) instead of HTTP, mapping each request
+    /// onto a script under `documentRoot` as nginx's `fastcgi_pass` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fastcgi: Option<FastCgiSpec>,
+
+    /// Speak HTTPS to this backend (a Service's endpoints; a `https://` url implies
+    /// it). Follows Gateway API's BackendTLSPolicy: the name to verify, the CA to trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTlsSpec>,
+}
+
+/// How requests map onto the FastCGI application's scripts.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FastCgiSpec {
+    /// Directory of the scripts on the FastCGI server (not on the proxy), absolute:
+    /// `SCRIPT_FILENAME` is this followed by the script's path, e.g. `/var/www/html`.
+    #[schemars(regex(pattern = r"^/[^\x00]*$"))]
+    pub document_root: String,
+    /// Script run for paths ending in `/`, as nginx's `fastcgi_index`. Default
+    /// `index.php`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[^/\x00]+$"))]
+    pub index: Option<String>,
+    /// Script that runs every path naming no script (no segment ending in
+    /// `splitPath`), as frameworks like Laravel and Symfony expect, e.g. `/index.php`.
+    /// Unset: such paths run `documentRoot` + path, and PHP-FPM answers 404 for the
+    /// ones that do not exist, which sends them on to the fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/[^\x00]*$"))]
+    pub front_controller: Option<String>,
+    /// Where a path splits into the script and `PATH_INFO`: after the first segment
+    /// ending with this. Default `.php` (`/shop/cart.php/extra` runs `/shop/cart.php`
+    /// with `PATH_INFO` `/extra`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^\.[^/\x00]+$"))]
+    pub split_path: Option<String>,
+    /// Extra FastCGI params sent with every request (after the standard ones, so they
+    /// may override them), e.g. `{APP_ENV: prod}`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: std::collections::BTreeMap<String, String>,
+    /// Most connections open to one endpoint across the proxy. PHP-FPM serves one
+    /// connection per worker process for as long as it stays open, so set this at
+    /// most to the pool's `pm.max_children`; requests beyond it wait (up to the connect
+    /// timeout) for a free connection. Default 5, PHP-FPM's default `pm.max_children`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub max_connections: Option<u32>,
+}
+
+/// TLS to a backend.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.caFile) && has(self.caSecretName))").message("set at most one of caFile or caSecretName"))]
+pub struct BackendTlsSpec {
+    /// The name sent as SNI and that the backend's certificate must carry (Gateway
+    /// API's `hostname`). Default: the url's host; required for a Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*$"
+    ))]
+    pub server_name: Option<String>,
+    /// Route files: a PEM file of the CAs to trust, relative to the route file's
+    /// directory. Unset (and no `caSecretName`): the system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Cluster: a Secret in the route's namespace whose `ca.crt` holds the CAs to trust
+    /// (cert-manager's layout). Unset: the system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_name: Option<String>,
+    /// Do not verify the backend's certificate at all: anyone on the path can read and
+    /// change the traffic. Logged at startup. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// A Kubernetes Service and one of its ports.

@@ -27,6 +27,7 @@ fn backend(name: &str, port: IntOrString) -> BackendRef {
             name: name.into(),
             port,
         }),
+        ..Default::default()
     }
 }
 

@@ -113,6 +113,8 @@ pub struct DesiredStatus {
 struct SecretCert {
     last_good: Option<Certificate>,
     problem: Option<InvalidCertificate>,
+    /// Its `ca.crt`, which backends' `tls.caSecretName` trusts (cert-manager's layout).
+    ca: Option<Vec<u8>>,
 }
 
 /// A certificate to serve for some hosts.
@@ -322,7 +324,13 @@ impl ClusterIndex {
             .or_insert(SecretCert {
                 last_good: None,
                 problem: None,
+                ca: None,
             });
+        entry.ca = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ca.crt"))
+            .map(|b| b.0.clone());
         match parsed {
             Ok(cert) => {
                 entry.last_good = Some(cert);
@@ -396,6 +404,7 @@ impl ClusterIndex {
             defaults: self.options.defaults,
             allow_url_backends: self.options.allow_url_backends,
             services: Some(self),
+            trust: Some(self),
         };
         let mut ordered: Vec<(&ObjKey, &RouteObj)> = self
             .routes
@@ -496,6 +505,34 @@ fn parse_secret(secret: &Secret, now: i64) -> Result<Certificate, InvalidCertifi
     crate::tls::parse(cert, key, now)
 }
 
+impl super::Trust for ClusterIndex {
+    fn ca_pem(
+        &self,
+        namespace: &str,
+        tls: &crate::api::BackendTlsSpec,
+    ) -> Result<Option<Vec<u8>>, String> {
+        if tls.ca_file.is_some() {
+            return Err("caFile is for route files: in a cluster use caSecretName".into());
+        }
+        let Some(name) = &tls.ca_secret_name else {
+            return Ok(None);
+        };
+        let key = ObjKey {
+            namespace: namespace.to_string(),
+            name: name.clone(),
+        };
+        match self.secrets.get(&key) {
+            None => Err(format!(
+                "Secret {key} does not exist or is not of type kubernetes.io/tls: create it with the CA in its ca.crt"
+            )),
+            Some(SecretCert { ca: None, .. }) => Err(format!(
+                "Secret {key} has no ca.crt: put the CAs to trust in its ca.crt"
+            )),
+            Some(SecretCert { ca: Some(ca), .. }) => Ok(Some(ca.clone())),
+        }
+    }
+}
+
 impl Services for ClusterIndex {
     fn endpoints(
         &self,
@@ -569,6 +606,7 @@ mod tests {
                 name: name.into(),
                 port,
             }),
+            ..Default::default()
         }
     }
 
@@ -685,12 +723,12 @@ mod tests {
         let built = idx.build();
         let route = &built.table.routes()[0];
         assert_eq!(
-            route.primary.endpoints,
-            ["10.0.0.1:9000".parse::<Authority>().unwrap()]
+            route.primary.endpoints[0].authority(),
+            Some(&"10.0.0.1:9000".parse::<Authority>().unwrap())
         );
         assert_eq!(
-            route.fallback.endpoints,
-            ["10.0.1.1:8000".parse::<Authority>().unwrap()]
+            route.fallback.endpoints[0].authority(),
+            Some(&"10.0.1.1:8000".parse::<Authority>().unwrap())
         );
         assert_eq!(route.primary.name, "web/php:80");
         assert_eq!(condition(&built, "shop", "ResolvedRefs").status, "True");
@@ -757,6 +795,7 @@ mod tests {
         with_url.primary = BackendRef {
             url: Some("http://10.1.2.3:80".into()),
             service: None,
+            ..Default::default()
         };
         idx.apply_route(&mk_route("web", "url", 1, with_url));
         let mut invalid = shop_spec("b.test");

@@ -7,13 +7,14 @@
 
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
-use http::Uri;
+use http::uri::Authority;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::{self, BackendRef, FallbackRouteSpec, ServiceRef};
+use crate::api::{self, FallbackRouteSpec};
 use crate::routes::{Answerer, Backend, HostMatch, Route, Timeouts};
+use backends::backend;
 
+mod backends;
 pub mod cluster;
 mod conditions;
 #[cfg(test)]
@@ -27,6 +28,8 @@ pub struct Context<'a> {
     pub allow_url_backends: bool,
     /// Resolves `service` backends; `None` outside a cluster.
     pub services: Option<&'a dyn Services>,
+    /// Reads the CA bundles backends' `tls` blocks name; `None`: only system roots.
+    pub trust: Option<&'a dyn Trust>,
 }
 
 impl Context<'_> {
@@ -36,6 +39,7 @@ impl Context<'_> {
             defaults,
             allow_url_backends: true,
             services: None,
+            trust: None,
         }
     }
 }
@@ -49,6 +53,14 @@ pub trait Services {
         name: &str,
         port: &IntOrString,
     ) -> Result<Vec<Authority>, Unresolved>;
+}
+
+/// Reads the CA bundle a backend's `tls` block names.
+pub trait Trust {
+    /// The PEM of `caFile` (route files) or `caSecretName` (cluster); `None` when the
+    /// block names neither. The error says what is missing or unreadable.
+    fn ca_pem(&self, namespace: &str, tls: &api::BackendTlsSpec)
+        -> Result<Option<Vec<u8>>, String>;
 }
 
 /// A backend reference that does not lead to a ready endpoint. The route is still
@@ -134,6 +146,22 @@ pub enum InvalidRoute {
     /// Service backends are only resolvable with a cluster.
     #[error("{0} uses a service backend, which needs a cluster: in route files give {{url: \"http://host:port\"}}")]
     ServiceOutsideCluster(&'static str),
+    /// A backend's `fastcgi` block cannot be used.
+    #[error("{which}.fastcgi: {why}")]
+    FastCgi {
+        /// `primary` or `fallback`.
+        which: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A backend's `tls` block cannot be used.
+    #[error("{which}.tls: {why}")]
+    BackendTls {
+        /// `primary` or `fallback`.
+        which: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The TLS source does not fit where routes come from.
     #[error("tls: {0}")]
     Tls(&'static str),
@@ -286,89 +314,6 @@ fn parse_path(path: &str) -> Result<String, InvalidRoute> {
         "/".to_string()
     } else {
         trimmed.to_string()
-    })
-}
-
-fn backend(
-    namespace: &str,
-    which: &'static str,
-    spec: &BackendRef,
-    ctx: &Context<'_>,
-) -> Result<(Backend, Option<Unresolved>), InvalidRoute> {
-    match (&spec.url, &spec.service) {
-        (Some(url), None) => {
-            let backend = url_backend(which, url)?;
-            if !ctx.allow_url_backends {
-                return Err(InvalidRoute::UrlNotAllowed(which));
-            }
-            Ok((backend, None))
-        }
-        (None, Some(svc)) => match ctx.services {
-            Some(services) => Ok(service_backend(namespace, which, svc, services)?),
-            None => Err(InvalidRoute::ServiceOutsideCluster(which)),
-        },
-        _ => Err(InvalidRoute::BackendKind(which)),
-    }
-}
-
-fn service_backend(
-    namespace: &str,
-    which: &'static str,
-    svc: &ServiceRef,
-    services: &dyn Services,
-) -> Result<(Backend, Option<Unresolved>), InvalidRoute> {
-    if svc.name.is_empty() {
-        return Err(InvalidRoute::BackendKind(which));
-    }
-    let port = match &svc.port {
-        IntOrString::Int(n) => n.to_string(),
-        IntOrString::String(s) => s.clone(),
-    };
-    let (endpoints, problem) = match services.endpoints(namespace, &svc.name, &svc.port) {
-        Ok(endpoints) => (endpoints, None),
-        Err(problem) => (Vec::new(), Some(problem)),
-    };
-    let backend = Backend {
-        name: format!("{namespace}/{}:{port}", svc.name),
-        scheme: Scheme::HTTP,
-        endpoints,
-    };
-    Ok((backend, problem))
-}
-
-fn url_backend(which: &'static str, url: &str) -> Result<Backend, InvalidRoute> {
-    let bad = |why| InvalidRoute::BadUrl {
-        which,
-        url: url.to_string(),
-        why,
-    };
-    let uri: Uri = url
-        .parse()
-        .map_err(|_| bad("write it as http://host:port"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(bad("https upstreams are not supported yet; use http")),
-        _ => return Err(bad("it must start with http://")),
-    }
-    let authority = uri.authority().ok_or_else(|| bad("it has no host"))?;
-    if authority.as_str().contains('@') {
-        return Err(bad("credentials in URLs are not supported"));
-    }
-    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-        return Err(bad(
-            "it must not carry a path or query: requests keep their own path",
-        ));
-    }
-    let authority: Authority = match authority.port_u16() {
-        Some(_) => authority.clone(),
-        None => format!("{}:80", authority.host())
-            .parse()
-            .map_err(|_| bad("it has no valid host"))?,
-    };
-    Ok(Backend {
-        name: authority.to_string(),
-        scheme: Scheme::HTTP,
-        endpoints: vec![authority],
     })
 }
 

@@ -1,15 +1,17 @@
 use super::*;
-use crate::api::ServiceRef;
+use crate::api::{BackendRef, ServiceRef};
 
 fn spec(primary: &str, fallback: &str) -> FallbackRouteSpec {
     FallbackRouteSpec {
         primary: BackendRef {
             url: Some(primary.into()),
             service: None,
+            ..Default::default()
         },
         fallback: BackendRef {
             url: Some(fallback.into()),
             service: None,
+            ..Default::default()
         },
         ..Default::default()
     }
@@ -32,7 +34,7 @@ fn defaults_fill_what_the_spec_leaves_out() {
     assert_eq!(route.max_replay_bytes, 1024 * 1024);
     assert_eq!(route.not_found_from, Answerer::Fallback);
     assert!(!route.fallback_on_error);
-    assert_eq!(route.fallback.endpoints[0].as_str(), "new.internal:80");
+    assert_eq!(route.fallback.endpoints[0].to_string(), "new.internal:80");
     assert_eq!(route.primary.name, "127.0.0.1:8080");
 }
 
@@ -83,8 +85,9 @@ fn paths_are_normalised_and_checked() {
 #[test]
 fn backend_urls_are_checked() {
     for (url, fragment) in [
-        ("https://x:443", "https"),
         ("ftp://x", "http://"),
+        ("fastcgi://x:9000", "fastcgi block"),
+        ("unix:relative.sock", "unix:/absolute"),
         ("http://x:1/path", "path"),
         ("127.0.0.1:80", "http://"),
     ] {
@@ -105,6 +108,7 @@ fn service_backends_need_a_cluster() {
             name: "py".into(),
             port: k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80),
         }),
+        ..Default::default()
     };
     assert_eq!(
         check(&s),
@@ -141,4 +145,82 @@ fn statuses_replay_limit_and_timeouts_are_checked() {
     let t = check(&s).unwrap().timeouts;
     assert_eq!(t.connect, Duration::from_millis(250));
     assert_eq!(t.response_header, Timeouts::default().response_header);
+}
+
+#[test]
+fn fastcgi_and_tls_blocks_are_checked() {
+    use crate::api::{BackendTlsSpec, FastCgiSpec};
+    use crate::routes::{Addr, Protocol};
+    let fcgi = |root: &str| FastCgiSpec {
+        document_root: root.into(),
+        ..Default::default()
+    };
+    let mut s = spec("unix:/run/php/php-fpm.sock", "http://y");
+    s.primary.fastcgi = Some(fcgi("/var/www/html/"));
+    let route = check(&s).unwrap();
+    let Protocol::FastCgi(settings) = &route.primary.protocol else {
+        panic!("{:?}", route.primary.protocol)
+    };
+    assert_eq!(
+        settings.document_root, "/var/www/html",
+        "trailing slash dropped"
+    );
+    assert_eq!(settings.index, "index.php");
+    assert_eq!(settings.split_path, ".php");
+    assert_eq!(settings.max_connections, 5);
+    assert_eq!(
+        route.primary.endpoints[0].addr,
+        Addr::Unix("/run/php/php-fpm.sock".into())
+    );
+    assert_eq!(
+        route.primary.endpoints[0].pool_key(),
+        "fastcgi|unix:/run/php/php-fpm.sock"
+    );
+
+    let mut s = spec("fastcgi://fpm", "http://y");
+    s.primary.fastcgi = Some(fcgi("/srv"));
+    let route = check(&s).unwrap();
+    assert_eq!(route.primary.name, "fpm:9000", "FastCGI's usual port");
+
+    for (root, front, max, fragment) in [
+        ("srv", None, None, "absolute"),
+        ("/srv", Some("index.php"), None, "frontController"),
+        ("/srv", None, Some(0), "at least 1"),
+    ] {
+        let mut s = spec("fastcgi://fpm:9000", "http://y");
+        s.primary.fastcgi = Some(FastCgiSpec {
+            front_controller: front.map(Into::into),
+            max_connections: max,
+            ..fcgi(root)
+        });
+        let err = check(&s).unwrap_err().to_string();
+        assert!(
+            err.contains("primary.fastcgi") && err.contains(fragment),
+            "{err}"
+        );
+    }
+    let mut s = spec("http://x:80", "http://y");
+    s.primary.fastcgi = Some(fcgi("/srv"));
+    assert!(check(&s).unwrap_err().to_string().contains("fastcgi://"));
+
+    // https:// is TLS with or without a block; the name defaults to the url's host.
+    let route = check(&spec("https://legacy.example.com", "http://y")).unwrap();
+    let Protocol::Https(tls) = &route.primary.protocol else {
+        panic!("{:?}", route.primary.protocol)
+    };
+    assert_eq!(tls.server_name, "legacy.example.com");
+    assert_eq!(route.primary.name, "legacy.example.com:443");
+    let mut s = spec("https://10.0.0.1", "http://y");
+    s.primary.tls = Some(BackendTlsSpec {
+        ca_file: Some("ca.pem".into()),
+        ..Default::default()
+    });
+    let err = check(&s).unwrap_err().to_string();
+    assert!(
+        err.contains("primary.tls") && err.contains("route file"),
+        "{err}"
+    );
+    let mut s = spec("http://x:80", "http://y");
+    s.primary.tls = Some(BackendTlsSpec::default());
+    assert!(check(&s).unwrap_err().to_string().contains("https://"));
 }

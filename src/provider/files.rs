@@ -325,19 +325,43 @@ fn parse_document(
         ));
     }
     let namespace = parsed.metadata.namespace.as_deref().unwrap_or("default");
-    route_from_spec(
-        namespace,
-        &parsed.metadata.name,
-        &parsed.spec,
-        &Context::files(defaults),
-    )
-    .map(|validated| (validated.route, parsed.spec.tls.clone()))
-    .map_err(|source| RouteFileError::Invalid {
-        path: path.to_path_buf(),
-        line: first_line,
-        route: format!("{namespace}/{}", parsed.metadata.name),
-        source,
-    })
+    let trust = FileTrust { route_file: path };
+    let ctx = Context {
+        trust: Some(&trust),
+        ..Context::files(defaults)
+    };
+    route_from_spec(namespace, &parsed.metadata.name, &parsed.spec, &ctx)
+        .map(|validated| (validated.route, parsed.spec.tls.clone()))
+        .map_err(|source| RouteFileError::Invalid {
+            path: path.to_path_buf(),
+            line: first_line,
+            route: format!("{namespace}/{}", parsed.metadata.name),
+            source,
+        })
+}
+
+/// Reads a backend's `tls.caFile`, relative to its route file's directory.
+struct FileTrust<'a> {
+    route_file: &'a Path,
+}
+
+impl crate::index::Trust for FileTrust<'_> {
+    fn ca_pem(
+        &self,
+        _namespace: &str,
+        tls: &crate::api::BackendTlsSpec,
+    ) -> Result<Option<Vec<u8>>, String> {
+        if tls.ca_secret_name.is_some() {
+            return Err("caSecretName needs a cluster: in route files give caFile".into());
+        }
+        let Some(file) = &tls.ca_file else {
+            return Ok(None);
+        };
+        let path = relative_to(self.route_file, file);
+        std::fs::read(&path)
+            .map(Some)
+            .map_err(|err| format!("cannot read caFile {}: {err}", path.display()))
+    }
 }
 
 /// Best-effort 0-based line of `key:` in a document, for pointing at unknown fields.
@@ -502,14 +526,14 @@ spec:
     #[test]
     fn invalid_routes_name_the_route_and_the_problem() {
         let dir = tempfile::tempdir().unwrap();
-        let bad = GOOD.replace("http://127.0.0.1:8000", "https://127.0.0.1:8000");
+        let bad = GOOD.replace("http://127.0.0.1:8000", "fastcgi://127.0.0.1:8000");
         let path = write(dir.path(), "r.yaml", &format!("---\n{bad}"));
         let errors = errors_of(&path);
         assert!(
             errors[0].starts_with(&format!("{}:2: route web/shop:", path.display())),
             "{errors:?}"
         );
-        assert!(errors[0].contains("https"), "{errors:?}");
+        assert!(errors[0].contains("fastcgi block"), "{errors:?}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
 use super::h1::head::RawFields;
-use super::upstream::ResponseBody;
+use super::upstream::{ResponseBody, Stream};
 use crate::metrics::RequestTimer;
 
 /// Reads up to `limit` bytes of an upstream response body. When the body ends within
@@ -57,7 +57,7 @@ enum ClientKind {
     },
     /// A 101: after the head, the connection is a tunnel to this upstream, which sent
     /// `early` right behind its head.
-    Tunnel(Option<(tokio::net::TcpStream, Bytes)>),
+    Tunnel(Option<(Stream, Bytes)>),
 }
 
 /// Any error a body can end with.
@@ -114,7 +114,7 @@ impl ClientBody {
     }
 
     /// The body of a 101 answer: no bytes, a tunnel to `upstream` once the head is sent.
-    pub fn tunnel(upstream: tokio::net::TcpStream, early: Bytes) -> Self {
+    pub fn tunnel(upstream: Stream, early: Bytes) -> Self {
         ClientBody {
             kind: ClientKind::Tunnel(Some((upstream, early))),
             timer: None,
@@ -122,7 +122,7 @@ impl ClientBody {
     }
 
     /// The upstream end of a 101's tunnel, taken out by the server that writes it.
-    pub fn take_tunnel(&mut self) -> Option<(tokio::net::TcpStream, Bytes)> {
+    pub fn take_tunnel(&mut self) -> Option<(Stream, Bytes)> {
         match &mut self.kind {
             ClientKind::Tunnel(tunnel) => tunnel.take(),
             _ => None,

@@ -12,7 +12,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::uri::Authority;
 use http::{Request, Response, StatusCode, Version};
 
 use super::answer::{read_response_prefix, ClientBody};
@@ -26,7 +25,7 @@ use super::h1::inbound::H1BodyError;
 use super::rescue::ProxyError;
 use super::upstream::{self, ResponseBody};
 use super::{ConnInfo, Limits, RouteRuntime};
-use crate::routes::{Answerer, Backend, Route};
+use crate::routes::{Answerer, Backend, Endpoint, Protocol, Route};
 
 /// How a routed request is to be forwarded.
 pub(super) struct How<'p> {
@@ -91,7 +90,12 @@ pub(super) async fn forward(
     let primary = match pick(rt, &route.primary, Answerer::Primary) {
         Ok(endpoint) => {
             let started = if bodyless { started } else { Instant::now() };
-            let attempt = Attempt::new(Answerer::Primary, endpoint, started);
+            let attempt = Attempt::new(
+                Answerer::Primary,
+                &route.primary.protocol,
+                endpoint,
+                started,
+            );
             send(rt, route, attempt, &head, body, read_idle).await
         }
         Err(err) => Err(err),
@@ -145,9 +149,11 @@ enum Outcome {
 fn primary_outcome(primary: &Result<Response<ResponseBody>, ProxyError>) -> Outcome {
     match primary {
         Ok(resp) => Outcome::Status(resp.status().as_u16()),
-        Err(ProxyError::UpstreamConnect { .. } | ProxyError::NoEndpoints(_)) => {
-            Outcome::Unreachable
-        }
+        Err(
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamTls { .. }
+            | ProxyError::NoEndpoints(_),
+        ) => Outcome::Unreachable,
         Err(_) => Outcome::Failed,
     }
 }
@@ -226,7 +232,12 @@ async fn send_fallback(
     read_idle: std::time::Duration,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let endpoint = pick(rt, &route.fallback, Answerer::Fallback)?;
-    let attempt = Attempt::new(Answerer::Fallback, endpoint, Instant::now());
+    let attempt = Attempt::new(
+        Answerer::Fallback,
+        &route.fallback.protocol,
+        endpoint,
+        Instant::now(),
+    );
     send(rt, route, attempt, head, replay, read_idle).await
 }
 
@@ -297,6 +308,7 @@ fn prepare_head(
     let mut head = UpstreamHead::new(parts, fields, &conn.client_ip, conn.proto, host);
     head.target = target;
     head.upgrade = upgrade;
+    head.peers = conn.peers;
     head
 }
 
@@ -305,7 +317,7 @@ fn pick<'r>(
     rt: &RouteRuntime,
     backend: &'r Backend,
     which: Answerer,
-) -> Result<&'r Authority, ProxyError> {
+) -> Result<&'r Endpoint, ProxyError> {
     backend.endpoint(rt.next_turn(which)).ok_or_else(|| {
         rt.metrics.upstream_error(which, "no_endpoints");
         ProxyError::NoEndpoints(which)
@@ -315,14 +327,21 @@ fn pick<'r>(
 /// Who an upstream attempt goes to, and when its clock started.
 struct Attempt<'r> {
     backend: Answerer,
-    endpoint: &'r Authority,
+    protocol: &'r Protocol,
+    endpoint: &'r Endpoint,
     started: Instant,
 }
 
 impl<'r> Attempt<'r> {
-    fn new(backend: Answerer, endpoint: &'r Authority, started: Instant) -> Self {
+    fn new(
+        backend: Answerer,
+        protocol: &'r Protocol,
+        endpoint: &'r Endpoint,
+        started: Instant,
+    ) -> Self {
         Attempt {
             backend,
+            protocol,
             endpoint,
             started,
         }
@@ -340,14 +359,30 @@ async fn send(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let Attempt {
         backend,
+        protocol,
         endpoint,
         started,
     } = attempt;
-    let result = upstream::send(endpoint, &route.timeouts, read_idle, started, head, body).await;
+    let result = upstream::send(
+        protocol,
+        endpoint,
+        &route.timeouts,
+        read_idle,
+        started,
+        head,
+        body,
+    )
+    .await;
     rt.metrics.upstream_attempt(backend, started.elapsed());
     let err = match result {
         Ok(resp) => return Ok(resp),
         Err(upstream::UpstreamError::ResponseTimeout) => ProxyError::UpstreamTimeout(backend),
+        Err(upstream::UpstreamError::ScriptPath(e)) => ProxyError::ScriptPath(e),
+        Err(upstream::UpstreamError::LengthRequired) => ProxyError::LengthRequired,
+        Err(upstream::UpstreamError::ParamTooLarge) => {
+            ProxyError::Request(super::h1::codec::RequestError::HeadTooLarge)
+        }
+        Err(e) if e.is_tls() => ProxyError::UpstreamTls { backend, source: e },
         Err(e) if e.is_connect() => ProxyError::UpstreamConnect {
             backend,
             timed_out: e.is_connect_timeout(),

@@ -175,7 +175,10 @@ async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let info = ConnInfo::new(peer, tls.is_some());
+                let mut info = ConnInfo::new(peer, tls.is_some());
+                if let Ok(local) = stream.local_addr() {
+                    info = info.at(local);
+                }
                 let conn_info = info.clone();
                 let service_proxy = proxy.clone();
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {

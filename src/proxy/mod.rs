@@ -62,6 +62,7 @@ impl RouteRuntime {
 pub struct ConnInfo {
     client_ip: HeaderValue,
     proto: &'static str,
+    peers: fastcgi::params::Peers,
 }
 
 impl ConnInfo {
@@ -71,7 +72,17 @@ impl ConnInfo {
         ConnInfo {
             client_ip: ip,
             proto: if tls { "https" } else { "http" },
+            peers: fastcgi::params::Peers {
+                client: peer,
+                ..fastcgi::params::Peers::UNKNOWN
+            },
         }
+    }
+
+    /// The same connection, which reached the proxy's listener at `local`.
+    pub fn at(mut self, local: SocketAddr) -> Self {
+        self.peers.server = local;
+        self
     }
 }
 
@@ -138,6 +149,19 @@ impl Proxy {
 
     /// Swaps in a new table. Requests already in flight finish on the table they started with.
     pub fn publish(&self, table: RouteTable) {
+        for route in table.routes() {
+            for backend in [&route.primary, &route.fallback] {
+                if let crate::routes::Protocol::Https(tls) = &backend.protocol {
+                    if tls.insecure_skip_verify {
+                        tracing::warn!(
+                            route = %format_args!("{}/{}", route.namespace, route.name),
+                            backend = %backend.name,
+                            "insecureSkipVerify: this backend's TLS certificate is not checked; anyone on the network path can read and change its traffic"
+                        );
+                    }
+                }
+            }
+        }
         let runtimes = table
             .routes()
             .iter()

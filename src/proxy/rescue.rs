@@ -24,6 +24,14 @@ pub enum ProxyError {
     /// The path cannot be normalised.
     #[error("bad path: {0}")]
     BadPath(#[from] PathError),
+    /// The decoded path cannot name a FastCGI script.
+    #[error("bad path for a FastCGI backend: {0}")]
+    ScriptPath(#[from] super::fastcgi::params::ScriptPathError),
+    /// A chunked body too large to buffer, for a FastCGI backend that needs its length.
+    #[error(
+        "a FastCGI backend needs the length of this chunked body, which is too large to buffer"
+    )]
+    LengthRequired,
     /// An HTTP/2 request's `host` names another authority than its `:authority`.
     #[error("the host field and :authority disagree")]
     AuthorityMismatch,
@@ -48,6 +56,16 @@ pub enum ProxyError {
         /// The connect timeout expired (504) rather than a refusal (502).
         timed_out: bool,
         /// The connection error.
+        #[source]
+        source: super::upstream::UpstreamError,
+    },
+    /// The TLS handshake with an HTTPS backend failed (its certificate was not
+    /// trusted, or not for the server name); the request never reached it.
+    #[error("TLS to the {backend:?} backend failed: {source}")]
+    UpstreamTls {
+        /// Which backend.
+        backend: Answerer,
+        /// The handshake error.
         #[source]
         source: super::upstream::UpstreamError,
     },
@@ -77,7 +95,9 @@ impl ProxyError {
             ProxyError::MissingHost
             | ProxyError::ClientBody(_)
             | ProxyError::BadPath(_)
+            | ProxyError::ScriptPath(_)
             | ProxyError::AuthorityMismatch => StatusCode::BAD_REQUEST,
+            ProxyError::LengthRequired => StatusCode::LENGTH_REQUIRED,
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -85,9 +105,9 @@ impl ProxyError {
                 timed_out: true, ..
             }
             | ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamTls { .. }
+            | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -97,6 +117,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect {
                 backend, timed_out, ..
             } => Some((*backend, if *timed_out { "timeout" } else { "connect" })),
+            ProxyError::UpstreamTls { backend, .. } => Some((*backend, "tls")),
             ProxyError::UpstreamTimeout(backend) => Some((*backend, "timeout")),
             ProxyError::NoEndpoints(backend) => Some((*backend, "no_endpoints")),
             ProxyError::Upstream { backend, .. } => Some((*backend, "protocol")),
@@ -122,6 +143,12 @@ impl ProxyError {
             ProxyError::BadPath(_) => {
                 "fallthrough: bad request: the path has a malformed or NUL percent-encoding\n"
             }
+            ProxyError::ScriptPath(_) => {
+                "fallthrough: bad request: the decoded path has a . or .. segment\n"
+            }
+            ProxyError::LengthRequired => {
+                "fallthrough: length required: send this upload with a Content-Length; the backend needs its size, and it is too large to buffer\n"
+            }
             ProxyError::AuthorityMismatch => {
                 "fallthrough: bad request: the host field and :authority name different hosts\n"
             }
@@ -137,6 +164,9 @@ impl ProxyError {
             }
             | ProxyError::Upstream { .. } => {
                 "fallthrough: bad gateway: the backend could not be reached or failed\n"
+            }
+            ProxyError::UpstreamTls { .. } => {
+                "fallthrough: bad gateway: the backend's TLS certificate was not accepted\n"
             }
             ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamTimeout(_) => {
                 "fallthrough: gateway timeout: the backend did not answer in time\n"

@@ -9,10 +9,11 @@ use rustc_hash::FxHashMap;
 use std::borrow::Cow;
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
-
+mod backend;
 #[cfg(test)]
 pub(crate) mod tests;
+
+pub use backend::{Addr, Backend, Endpoint, FastCgi, Protocol, UpstreamTls};
 
 /// Position of a route in its table; stable for the life of one table.
 pub type RouteIndex = usize;
@@ -68,27 +69,6 @@ impl Answerer {
         match self {
             Answerer::Primary => "primary",
             Answerer::Fallback => "fallback",
-        }
-    }
-}
-
-/// An upstream a route sends requests to: one URL, or a Service's ready endpoints.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Backend {
-    /// Name used in metrics and logs (`host:port`, or `namespace/service:port`).
-    pub name: String,
-    /// Scheme of upstream requests.
-    pub scheme: Scheme,
-    /// Addresses requests are spread over; empty when a Service has no ready endpoint.
-    pub endpoints: Vec<Authority>,
-}
-
-impl Backend {
-    /// The endpoint for the `n`th request (round robin), if any is ready.
-    pub fn endpoint(&self, n: usize) -> Option<&Authority> {
-        match self.endpoints.len() {
-            0 => None,
-            len => Some(&self.endpoints[n % len]),
         }
     }
 }

@@ -1,12 +1,12 @@
 use super::*;
 
 fn backend(port: u16) -> Backend {
-    let authority: Authority = format!("127.0.0.1:{port}").parse().unwrap();
-    Backend {
-        name: authority.to_string(),
-        scheme: Scheme::HTTP,
-        endpoints: vec![authority],
-    }
+    let authority: http::uri::Authority = format!("127.0.0.1:{port}").parse().unwrap();
+    Backend::new(
+        authority.to_string(),
+        Protocol::Http,
+        [Addr::Tcp(authority)],
+    )
 }
 
 /// A route in namespace `web` from 127.0.0.1:1 (primary) to 127.0.0.1:2 (fallback).
@@ -42,9 +42,16 @@ fn name_of(table: &RouteTable, host: &str, path: &str) -> Option<String> {
 #[test]
 fn endpoints_are_taken_in_turn() {
     let mut b = backend(1);
-    b.endpoints.push("127.0.0.1:2".parse().unwrap());
+    b.endpoints.extend(backend(2).endpoints);
     let picked: Vec<_> = (0..4)
-        .map(|n| b.endpoint(n).unwrap().port_u16().unwrap())
+        .map(|n| {
+            b.endpoint(n)
+                .unwrap()
+                .authority()
+                .unwrap()
+                .port_u16()
+                .unwrap()
+        })
         .collect();
     assert_eq!(picked, [1, 2, 1, 2]);
     b.endpoints.clear();

@@ -1,7 +1,10 @@
-//! FastCGI, the protocol PHP-FPM speaks: the pure codec here; the exchange that uses it
-//! lives in upstream/.
+//! FastCGI, the protocol PHP-FPM speaks: the pure pieces. The exchange that uses them
+//! lives in `upstream/fastcgi.rs`.
 //!
-//! In: what a request is to be sent as (params, body). Out: the records that carry it,
-//! and what the application answered, judged ([`codec`]).
+//! In: a request as it goes upstream (head, body length, the client's addresses) and
+//! the backend's `fastcgi` settings.
+//! Out: the params that describe it ([`params`]), the records that carry it, and what
+//! the application answered, judged ([`codec`]).
 
 pub mod codec;
+pub mod params;

@@ -426,6 +426,8 @@ pub struct UpstreamHead {
     pub target: Option<String>,
     /// The request asks to switch protocols: a 101 answer is expected, not refused.
     pub upgrade: bool,
+    /// The client's connection, for FastCGI's `REMOTE_ADDR` and `SERVER_ADDR`.
+    pub peers: crate::proxy::fastcgi::params::Peers,
 }
 
 /// The host a request named (its authority or `Host`), as it goes upstream.
@@ -492,6 +494,7 @@ impl UpstreamHead {
             forwarded_host: host,
             target: None,
             upgrade: false,
+            peers: crate::proxy::fastcgi::params::Peers::UNKNOWN,
         }
     }
 

@@ -21,7 +21,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use super::codec::{ChunkedDecoder, Decoded, RequestFraming};
 
 /// Read buffer granted at a time.
-const READ_CHUNK: usize = 8 * 1024;
+pub const READ_CHUNK: usize = 8 * 1024;
 
 /// Something bytes are read from into a buffer: `Ok(0)` at end of stream.
 pub trait ReadInto: Send {

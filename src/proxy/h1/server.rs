@@ -516,14 +516,14 @@ async fn write_within<W: AsyncWrite + Unpin>(
 async fn tunnel<W: AsyncWrite + Unpin>(
     mut inbound: Box<Inbound>,
     mut client: W,
-    mut upstream: TcpStream,
+    upstream: crate::proxy::upstream::Stream,
     early: Bytes,
 ) {
     if !early.is_empty() && client.write_all(&early).await.is_err() {
         return;
     }
     let _ = client.flush().await;
-    let (mut up_read, mut up_write) = upstream.split();
+    let (mut up_read, mut up_write) = tokio::io::split(upstream);
     let to_upstream = async {
         loop {
             if !inbound.buf.is_empty() {

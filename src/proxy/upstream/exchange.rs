@@ -13,16 +13,14 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::Authority;
 use http::{header, Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::pool;
-use super::transport::Conn;
-use super::{Failed, UpstreamError};
+use super::transport::{Conn, Stream};
+use super::{Failed, ResponseBody, UpstreamError};
 use crate::proxy::body::UpstreamBody;
 use crate::proxy::h1::codec::{
     self, put_chunk_size, put_content_length, put_field, put_last_chunk, Asked, Decoded,
@@ -85,7 +83,9 @@ pub(super) async fn exchange(
         std::future::poll_fn(|cx| poll_before(&mut timer, deadline, work.as_mut(), cx)).await;
     match exchanged {
         Some(Ok(mut resp)) => {
-            resp.body_mut().keep_timer(timer);
+            if let ResponseBody::Http(body) = resp.body_mut() {
+                body.keep_timer(timer);
+            }
             Ok(resp)
         }
         Some(Err(failed)) => Err(failed),
@@ -130,15 +130,17 @@ async fn write_request(
     body: UpstreamBody,
     send_idle: Duration,
 ) -> Result<(), UpstreamError> {
-    let framing = encode_head(head, &body, &conn.endpoint, &mut conn.out);
+    let framing = encode_head(head, &body, &conn.host, &mut conn.out);
     match framing {
-        None => {
-            conn.stream.write_all(&conn.out).await?;
-            Ok(())
-        }
+        None => conn.stream.write_all(&conn.out).await?,
         // Boxed: most requests have no body, and their future stays small.
-        Some(framing) => Box::pin(write_body(conn, framing, body, send_idle)).await,
+        Some(framing) => Box::pin(write_body(conn, framing, body, send_idle)).await?,
     }
+    if let Stream::Tls(_) = conn.stream {
+        // TLS may hold the last record back until flushed; TCP writes are immediate.
+        within(send_idle, conn.stream.flush()).await?;
+    }
+    Ok(())
 }
 
 /// Writes the request head in HTTP/1.1 wire form into `out`; how the body that follows
@@ -149,7 +151,7 @@ async fn write_request(
 fn encode_head(
     upstream: &UpstreamHead,
     body: &UpstreamBody,
-    endpoint: &Authority,
+    endpoint_host: &str,
     out: &mut Vec<u8>,
 ) -> Option<Framing> {
     let head = &upstream.parts;
@@ -180,7 +182,7 @@ fn encode_head(
         }
     }
     if upstream.forwarded_host.is_none() {
-        put_field(out, b"host", endpoint.as_str().as_bytes());
+        put_field(out, b"host", endpoint_host.as_bytes());
     }
     for (name, value) in upstream.forwarded() {
         put_field(out, name.as_bytes(), value);
@@ -208,7 +210,10 @@ fn encode_head(
 }
 
 /// Runs one write within `idle`: a backend that stops taking bytes is given up on.
-async fn within<T>(idle: Duration, write: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+pub(super) async fn within<T>(
+    idle: Duration,
+    write: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
     crate::proxy::deadline::within(idle, write)
         .await
         .unwrap_or_else(|| {
@@ -219,14 +224,14 @@ async fn within<T>(idle: Duration, write: impl Future<Output = io::Result<T>>) -
         })
 }
 
-async fn write_within(stream: &mut TcpStream, data: &[u8], idle: Duration) -> io::Result<()> {
+async fn write_within(stream: &mut Stream, data: &[u8], idle: Duration) -> io::Result<()> {
     within(idle, stream.write_all(data)).await
 }
 
 /// Writes `head` and then `data` in one system call where the socket takes both, without
 /// copying `data` behind `head` first.
 async fn write_pair(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     head: &[u8],
     data: &[u8],
     idle: Duration,
@@ -330,7 +335,7 @@ async fn read_response(
                     framing,
                     keep_alive,
                 }) => {
-                    let body = ResponseBody {
+                    let body = HttpBody {
                         conn: Some(conn),
                         fields,
                         framing,
@@ -338,7 +343,7 @@ async fn read_response(
                         read_idle,
                         waiting_since: None,
                     };
-                    return Ok(Response::from_parts(parts, body));
+                    return Ok(Response::from_parts(parts, ResponseBody::Http(body)));
                 }
                 None => {}
             }
@@ -361,7 +366,7 @@ async fn read_response(
 /// An upstream response body, read from the backend's socket as the client takes it.
 /// After its last byte the connection goes back to this thread's pool (when the
 /// backend keeps it alive); dropped early, the connection is closed.
-pub struct ResponseBody {
+pub struct HttpBody {
     conn: Option<Box<Conn>>,
     /// The head's fields when they were kept raw (see [`RawFields`]).
     fields: RawFields,
@@ -387,21 +392,21 @@ pub enum ResponseBodyError {
     Stalled,
 }
 
-impl ResponseBody {
+impl HttpBody {
     /// The head's fields if they were kept raw, taken out (empty the second time).
     pub fn take_fields(&mut self) -> RawFields {
         std::mem::take(&mut self.fields)
     }
 
     /// Gives the connection its timer back, for its next request.
-    fn keep_timer(&mut self, timer: Pin<Box<tokio::time::Sleep>>) {
+    pub(super) fn keep_timer(&mut self, timer: Pin<Box<tokio::time::Sleep>>) {
         if let Some(conn) = &mut self.conn {
             conn.timer = Some(timer);
         }
     }
 
     /// For a 101 answer: the connection and what the backend already sent past the head.
-    pub fn into_tunnel(mut self) -> Option<(TcpStream, Bytes)> {
+    pub fn into_tunnel(mut self) -> Option<(Stream, Bytes)> {
         match self.framing {
             ResponseFraming::Switched => self.conn.take().map(|c| (c.stream, c.buf.freeze())),
             _ => None,
@@ -443,7 +448,7 @@ impl ResponseBody {
     }
 }
 
-impl Drop for ResponseBody {
+impl Drop for HttpBody {
     fn drop(&mut self) {
         // A body with nothing left to read (HEAD, 204, a length fully read) is often
         // dropped unpolled: its connection is still good.
@@ -453,7 +458,7 @@ impl Drop for ResponseBody {
     }
 }
 
-impl Body for ResponseBody {
+impl Body for HttpBody {
     type Data = Bytes;
     type Error = ResponseBodyError;
 

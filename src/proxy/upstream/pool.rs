@@ -4,14 +4,15 @@
 //! In: connections whose response ended cleanly ([`checkin`]), and the worker's tick
 //! ([`sweep_idle`]).
 //! Out: the most recently used live connection to an endpoint ([`checkout`]).
+//! A FastCGI connection coming back goes first to a request on this thread that waits
+//! for one ([`wait_for_handoff`]), and is closed rather than kept while requests on
+//! other threads wait (see `slots`).
 
 use std::cell::RefCell;
-use std::io;
-use std::task::{Context, Poll};
+use std::collections::VecDeque;
 use std::time::Instant;
 
-use http::uri::Authority;
-use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use super::transport::Conn;
 
@@ -31,22 +32,26 @@ struct Pool {
     /// close up to one tick before its idle timeout, the safe side of the backend's own
     /// keep-alive timeout, and checking one in reads no clock.
     swept_at: Instant,
+    /// Requests on this thread waiting for a FastCGI connection, by pool key, oldest
+    /// first.
+    waiting: rustc_hash::FxHashMap<Box<str>, VecDeque<oneshot::Sender<Box<Conn>>>>,
 }
 
 thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool {
         idle: Default::default(),
         swept_at: Instant::now(),
+        waiting: Default::default(),
     });
 }
 
 /// The most recently used idle connection to `endpoint` that is still open, if any.
-pub(super) fn checkout(endpoint: &Authority, now: Instant) -> Option<Box<Conn>> {
+pub(super) fn checkout(key: &str, now: Instant) -> Option<Box<Conn>> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
-        let idle = pool.idle.get_mut(endpoint.as_str())?;
+        let idle = pool.idle.get_mut(key)?;
         while let Some(entry) = idle.pop() {
-            if entry.expires > now && still_open(&entry.conn.stream) {
+            if entry.expires > now && entry.conn.still_open() {
                 let mut conn = entry.conn;
                 conn.reused = true;
                 return Some(conn);
@@ -57,11 +62,27 @@ pub(super) fn checkout(endpoint: &Authority, now: Instant) -> Option<Box<Conn>> 
 }
 
 /// Keeps `conn` for the next request to its endpoint.
-pub(super) fn checkin(conn: Box<Conn>) {
+pub(super) fn checkin(mut conn: Box<Conn>) {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
+        if conn.slot.is_some() {
+            if let Some(waiting) = pool.waiting.get_mut(&*conn.key) {
+                while let Some(waiter) = waiting.pop_front() {
+                    conn.reused = true;
+                    match waiter.send(conn) {
+                        Ok(()) => return,
+                        // That request gave up waiting.
+                        Err(back) => conn = back,
+                    }
+                }
+            }
+            if conn.slot.as_ref().is_some_and(|slot| slot.wanted()) {
+                // Closed: its slot lets a request on another thread open one.
+                return;
+            }
+        }
         let expires = pool.swept_at + conn.idle;
-        let key = conn.endpoint.as_str();
+        let key = &*conn.key;
         if !pool.idle.contains_key(key) {
             pool.idle.insert(key.into(), Vec::new());
         }
@@ -83,22 +104,30 @@ pub fn sweep_idle(now: Instant) {
         let mut pool = pool.borrow_mut();
         pool.swept_at = now;
         pool.idle.retain(|_, conns| {
-            conns.retain(|c| c.expires > now);
+            // A FastCGI connection idle here while requests elsewhere wait for one is
+            // closed, so one of them can open it.
+            conns.retain(|c| c.expires > now && !c.conn.slot.as_ref().is_some_and(|s| s.wanted()));
             !conns.is_empty()
+        });
+        pool.waiting.retain(|_, waiting| {
+            waiting.retain(|w| !w.is_closed());
+            !waiting.is_empty()
         });
     });
 }
 
-/// Whether an idle connection can take a request: the peer has neither closed it nor
-/// sent anything unasked. Costs no system call unless the socket was signalled readable.
-fn still_open(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match stream.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
-            let mut probe = [0u8; 1];
-            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+/// Queues the calling request for the next FastCGI connection to `key` that is
+/// checked in on this thread.
+pub(super) fn wait_for_handoff(key: &str) -> oneshot::Receiver<Box<Conn>> {
+    let (tx, rx) = oneshot::channel();
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if !pool.waiting.contains_key(key) {
+            pool.waiting.insert(key.into(), VecDeque::new());
         }
-    }
+        if let Some(waiting) = pool.waiting.get_mut(key) {
+            waiting.push_back(tx);
+        }
+    });
+    rx
 }

@@ -6,6 +6,7 @@
 //! rustls [`SniResolver`] the HTTPS listener asks on every handshake; it reads whichever
 //! store was published last, so new handshakes use a new certificate at once while open
 //! connections keep theirs. Private key material never appears in errors or logs.
+//! The client side, TLS to HTTPS backends, is in [`client`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::routes::HostMatch;
+
+pub mod client;
 
 /// Why a certificate and key cannot be served. Messages name the problem, never the key.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]

@@ -3,10 +3,18 @@
 //
 //     php -S 127.0.0.1:8081 demo/legacy/router.php
 //
+// or under PHP-FPM (demo/run --fpm) with this file as fallthrough's `frontController`:
+// it runs for every URL that names no script, and the .php URLs it serves have a file
+// each (about.php, ...) that runs it. It never asks `php -S` to serve a file itself
+// (it returns true, never false), so it behaves the same under both.
+//
 // Every request comes through here. Pages this site still owns are listed
 // below; anything else answers a real 404, which is what tells fallthrough
 // to ask the new Python app instead.
 declare(strict_types=1);
+
+// What pages/ and lib/ check: run by their own URL instead (PHP-FPM), they answer 404.
+define('LEGACY_ROUTER', true);
 
 require __DIR__ . '/lib/layout.php';
 require __DIR__ . '/lib/catalogue.php';

@@ -1,6 +1,11 @@
 <?php
 // Shared page chrome for the legacy shop (the same header and footer on every page).
 declare(strict_types=1);
+// Only router.php shows this; asked for by its own URL (PHP-FPM runs it then), a 404.
+if (!defined('LEGACY_ROUTER')) {
+    http_response_code(404);
+    exit;
+}
 
 function h(string $text): string
 {

@@ -1,5 +1,10 @@
 <?php
 // GET shows the form; POST echoes back what was posted.
+// Only router.php shows this; asked for by its own URL (PHP-FPM runs it then), a 404.
+if (!defined('LEGACY_ROUTER')) {
+    http_response_code(404);
+    exit;
+}
 page_start('Contact us');
 
 if (($_SERVER['REQUEST_METHOD'] ?? 'GET') === 'POST'):

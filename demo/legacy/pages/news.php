@@ -1,4 +1,9 @@
 <?php
+// Only router.php shows this; asked for by its own URL (PHP-FPM runs it then), a 404.
+if (!defined('LEGACY_ROUTER')) {
+    http_response_code(404);
+    exit;
+}
 page_start('News');
 ?>
 <h1>News</h1>

@@ -1,6 +1,11 @@
 <?php
 // The legacy site's 404. The status code is what matters to fallthrough:
 // with fallbackOn: [404] the request is replayed to the new Python app.
+// Only router.php shows this; asked for by its own URL (PHP-FPM runs it then), a 404.
+if (!defined('LEGACY_ROUTER')) {
+    http_response_code(404);
+    exit;
+}
 http_response_code(404);
 page_start('Not found');
 ?>

@@ -1,5 +1,10 @@
 <?php
 /** @var array $product set by router.php */
+// Only router.php shows this; asked for by its own URL (PHP-FPM runs it then), a 404.
+if (!defined('LEGACY_ROUTER')) {
+    http_response_code(404);
+    exit;
+}
 page_start($product['name']);
 ?>
 <h1><?= h($product['name']) ?></h1>

@@ -311,6 +311,63 @@ async fn php_serves_what_it_knows_and_python_the_rest_through_services() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and the Go-built cluster binaries: run scripts/test"]
+async fn a_php_fpm_service_is_spoken_to_in_fastcgi() {
+    let c = cluster();
+    let ns = namespace("fpm");
+    let fpm = Pod::php_fpm();
+    let py = Pod::python();
+    c.apply(&service_yaml(&ns, "legacy-fpm", "fcgi", 9000, &[&fpm], &[]));
+    c.apply(&service_yaml(&ns, "new", "http", 8000, &[&py], &[]));
+    let root = repo().join("demo/legacy");
+    let route = |name: &str, root: &str| {
+        format!(
+            "apiVersion: fallthrough.dev/v1alpha1\nkind: FallbackRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  hosts: [\"fpm.test\"]\n  primary:\n    service: {{name: legacy-fpm, port: 80}}\n    fastcgi: {{documentRoot: \"{root}\", frontController: /router.php, maxConnections: 2}}\n  fallback: {{service: {{name: new, port: http}}}}\n"
+        )
+    };
+    // The schema refuses what it can before the controller sees it.
+    let refused = c.try_apply(&route("relative", "var/www")).unwrap_err();
+    assert!(refused.contains("documentRoot"), "{refused}");
+    let explained = c.kubectl_ok(&["explain", "fallbackroute.spec.primary.fastcgi"]);
+    for field in [
+        "documentRoot",
+        "frontController",
+        "maxConnections",
+        "pm.max_children",
+    ] {
+        assert!(
+            explained.contains(field),
+            "kubectl explain lacks {field}: {explained}"
+        );
+    }
+    c.apply(&route("shop", &root.display().to_string()));
+    let ft = controller(&ns, "fpm", "fpm-1").await;
+
+    eventually_served(&ft, "fpm.test", "/about.php", 200, "legacy-php").await;
+    let (status, headers, _) = get_host(&ft, "fpm.test", "/products/3").await;
+    assert_eq!((status, served_by(&headers)), (200, "new-python"));
+    let req = Request::post("/contact.php")
+        .header("host", "fpm.test")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from("name=Ada&message=hello+fpm")))
+        .unwrap();
+    let (status, headers, body) = send(ft.http, req).await;
+    assert_eq!((status.as_u16(), served_by(&headers)), (200, "legacy-php"));
+    assert!(
+        String::from_utf8_lossy(&body).contains("hello fpm"),
+        "{body:?}"
+    );
+    let req = Request::post("/api/echo")
+        .header("host", "fpm.test")
+        .body(Full::new(Bytes::from(support::noise(4096, 11))))
+        .unwrap();
+    let (status, headers, _) = send(ft.http, req).await;
+    assert_eq!((status.as_u16(), served_by(&headers)), (200, "new-python"));
+    wait_condition(&ns, "shop", "Programmed", "True", "Programmed");
+    no_forbidden(&ft);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the Go-built cluster binaries: run scripts/test"]
 async fn scaling_endpoints_up_and_down_under_load_fails_no_request() {
     let c = cluster();
     let ns = namespace("scaling");

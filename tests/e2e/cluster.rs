@@ -424,6 +424,12 @@ static PODS: AtomicU32 = AtomicU32::new(1);
 
 impl Pod {
     fn start(port: u16, command: &[&str], ready_path: &str) -> Pod {
+        Pod::start_ready(port, command, Some(ready_path))
+    }
+
+    /// Starts `command` in a new namespace; ready once `ready_path` answers over HTTP,
+    /// or, with `None`, once the port accepts a connection.
+    fn start_ready(port: u16, command: &[&str], ready_path: Option<&str>) -> Pod {
         let n = PODS.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let netns = format!("ft-{pid}-{n}");
@@ -461,17 +467,36 @@ impl Pod {
             netns,
             child: Some(child),
         };
-        let url = format!("http://{}:{port}{ready_path}", pod.ip);
+        let probe = match ready_path {
+            Some(path) => format!("curl -s -o /dev/null -m 2 http://{}:{port}{path}", pod.ip),
+            None => format!("timeout 2 bash -c 'exec 3<>/dev/tcp/{}/{port}'", pod.ip),
+        };
         wait_until(
-            &format!("pod {} ({url}, log {})", pod.netns, log.display()),
+            &format!("pod {} ({probe}, log {})", pod.netns, log.display()),
             Duration::from_secs(30),
-            || {
-                sh(&format!("curl -s -o /dev/null -m 2 {url}"))
-                    .status
-                    .success()
-            },
+            || sh(&probe).status.success(),
         );
         pod
+    }
+
+    /// The legacy PHP site (demo/legacy) under PHP-FPM on port 9000, two workers: a
+    /// FastCGI backend, as a `php:8.2-fpm` pod would be.
+    pub fn php_fpm() -> Pod {
+        let n = PODS.load(Ordering::Relaxed);
+        let conf = std::env::temp_dir().join(format!("ft-{}-fpm-{n}.conf", std::process::id()));
+        let pid = conf.with_extension("pid");
+        std::fs::write(
+            &conf,
+            format!(
+                "[global]\nerror_log = /proc/self/fd/2\ndaemonize = no\npid = {}\n\
+             [legacy]\nlisten = 0.0.0.0:9000\npm = static\npm.max_children = 2\n\
+             catch_workers_output = yes\nsecurity.limit_extensions = .php\n",
+                pid.display()
+            ),
+        )
+        .unwrap();
+        let conf = conf.display().to_string();
+        Pod::start_ready(9000, &["php-fpm8.2", "-F", "-O", "-R", "-y", &conf], None)
     }
 
     /// The legacy PHP site (demo/legacy) under `php -S`.

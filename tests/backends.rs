@@ -174,7 +174,11 @@ async fn an_https_backend_is_trusted_by_its_ca_and_name_and_refused_otherwise() 
             &format!("serverName: backend.test, caFile: \"{wrong_ca}\""),
         ),
         doc("system", "/system", "serverName: backend.test"),
-        doc("skip", "/skip", "insecureSkipVerify: true"),
+        doc(
+            "skip",
+            "/skip",
+            "serverName: backend.test, insecureSkipVerify: true",
+        ),
     ]
     .join("---\n");
     let ft = Fallthrough::start(&routes).await;

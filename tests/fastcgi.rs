@@ -46,6 +46,7 @@ async fn php_scripts_answer_with_the_cgi_variables_nginx_sends() {
         .header("cookie", "b=2")
         .header("proxy", "http://evil.test:3128")
         .header("x_user", "evil")
+        .header("x.user", "evil")
         .header("x-user", "ok")
         .body(Full::default())
         .unwrap();
@@ -315,4 +316,59 @@ fn sha256_hex(data: &[u8]) -> String {
     child.stdin.take().unwrap().write_all(data).unwrap();
     let out = child.wait_with_output().unwrap();
     String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+#[tokio::test]
+async fn paths_naming_no_script_fall_back_without_asking_php() {
+    let fpm = PhpFpm::unix(1).await;
+    let fallback = backend("new").start().await;
+    let ft = Fallthrough::start(&fcgi_route(&fpm, "", &fallback.url(), "")).await;
+    // Asked, PHP-FPM would answer these 403 (not a .php file) or, with its default
+    // cgi.fix_pathinfo, run the uploaded .phar for the directory-looking path.
+    for path in [
+        "/robots.txt",
+        "/uploads/evil.phar",
+        "/uploads/evil.phar/",
+        "/about",
+    ] {
+        let (status, _, body) = ft.get(path).await;
+        assert_eq!(
+            (status.as_u16(), &body[..]),
+            (200, &b"new says hello"[..]),
+            "{path}"
+        );
+    }
+    assert_eq!(fallback.seen().len(), 4);
+    // A directory runs its index: PHP-FPM answers, here its 404 for a missing one.
+    let (status, _, body) = ft.get("/shop/").await;
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"new says hello"[..]));
+    assert!(
+        fpm.log()
+            .iter()
+            .any(|l| l.contains("Primary script unknown"))
+            || fallback.seen().len() == 5,
+        "PHP-FPM was asked for /shop/index.php"
+    );
+}
+
+#[tokio::test]
+async fn a_trickled_upload_gives_its_php_worker_back_at_the_response_header_timeout() {
+    let fpm = PhpFpm::unix(1).await;
+    let fallback = backend("new").start().await;
+    let ft = Fallthrough::start(&fcgi_route(
+        &fpm,
+        "",
+        &fallback.url(),
+        "  maxReplayBytes: 1024\n  timeouts: {responseHeader: 1s, connect: 10s}\n",
+    ))
+    .await;
+    let mut slow = support::RawConn::open(ft.http).await;
+    slow.write(b"POST /index.php HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n")
+        .await;
+    slow.write(&[b'x'; 2048]).await;
+    // The one PHP worker is the trickler's until its upload times out; then this one runs.
+    let (status, _, body) = ft.get("/index.php").await;
+    assert_eq!(status, 200, "{body:?}");
+    let resp = slow.response(false).await;
+    assert_eq!(resp.status, 504);
 }

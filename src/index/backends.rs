@@ -291,10 +291,17 @@ fn upstream_tls(
     };
     let config = crate::tls::client::config(pem.as_deref(), insecure)
         .map_err(|err| bad(format!("{ca}: {err}")))?;
+    let trust_id = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = rustc_hash::FxHasher::default();
+        (pem.as_deref(), insecure).hash(&mut hasher);
+        hasher.finish()
+    };
     Ok(UpstreamTls {
         server_name,
         ca,
         insecure_skip_verify: insecure,
+        trust_id,
         config,
     })
 }

@@ -75,7 +75,9 @@ impl Endpoint {
         };
         let pool_key = match protocol {
             Protocol::Http => place,
-            Protocol::Https(tls) => format!("https|{}|{}|{place}", tls.server_name, tls.ca),
+            Protocol::Https(tls) => {
+                format!("https|{}|{:016x}|{place}", tls.server_name, tls.trust_id)
+            }
             Protocol::FastCgi(_) => format!("fastcgi|{place}"),
         };
         Endpoint {
@@ -137,6 +139,10 @@ pub struct UpstreamTls {
     pub ca: String,
     /// Certificates are not checked at all (logged at startup).
     pub insecure_skip_verify: bool,
+    /// Tells trust settings apart (a hash of the CA bundle's bytes and
+    /// `insecure_skip_verify`): a pooled connection verified under one is never reused
+    /// under another.
+    pub trust_id: u64,
     /// The client settings built from the above, once per table.
     pub config: Arc<rustls::ClientConfig>,
 }
@@ -147,6 +153,7 @@ impl PartialEq for UpstreamTls {
         // names): two equal settings may hold separately built configs.
         self.server_name == other.server_name
             && self.ca == other.ca
+            && self.trust_id == other.trust_id
             && self.insecure_skip_verify == other.insecure_skip_verify
             && Arc::ptr_eq(&self.config, &other.config)
     }

@@ -57,9 +57,17 @@ pub struct Script {
 /// - the path up to the first segment ending in `splitPath` is the script, the rest
 ///   is `PATH_INFO`;
 /// - otherwise, with a front controller, the front controller;
-/// - otherwise the path as a directory: `path/index` (PHP-FPM answers 404 when there
-///   is no such script, which sends the request on to the fallback).
-pub fn script(fcgi: &FastCgi, path: &[u8]) -> Script {
+/// - otherwise a directory (a path ending in `/` with no `.` in any segment) runs its
+///   `index`; PHP-FPM answers 404 when there is no such script;
+/// - otherwise `None`: the path names no script, and PHP-FPM is not asked (the primary's
+///   answer is a 404, so it falls back).
+///
+/// Why not send every path and let PHP-FPM find out: with its default
+/// `cgi.fix_pathinfo = 1`, PHP-FPM runs the longest existing file at the start of a
+/// script path that does not exist, so `/uploads/evil.phar/index.php` would run an
+/// uploaded `evil.phar`, and `/robots.txt` would get its 403 "Access denied." instead of
+/// falling back. A path whose segments have a `.` is a file, not a directory.
+pub fn script(fcgi: &FastCgi, path: &[u8]) -> Option<Script> {
     let split = fcgi.split_path.as_bytes();
     // A segment that ends at `end` names a script if it ends with `splitPath` and has
     // a name before it (`/.php` does not).
@@ -75,27 +83,27 @@ pub fn script(fcgi: &FastCgi, path: &[u8]) -> Script {
         .chain([path.len()]);
     for end in segment_ends {
         if names_script(end) {
-            return Script {
+            return Some(Script {
                 name: path[..end].to_vec(),
                 path_info: path[end..].to_vec(),
-            };
+            });
         }
     }
     if let Some(front) = &fcgi.front_controller {
-        return Script {
+        return Some(Script {
             name: front.as_bytes().to_vec(),
             path_info: Vec::new(),
-        };
+        });
+    }
+    if !path.ends_with(b"/") || path.contains(&b'.') {
+        return None;
     }
     let mut name = path.to_vec();
-    if !name.ends_with(b"/") {
-        name.push(b'/');
-    }
     name.extend_from_slice(fcgi.index.as_bytes());
-    Script {
+    Some(Script {
         name,
         path_info: Vec::new(),
-    }
+    })
 }
 
 /// `path` (normalised) with every percent-encoding decoded, as nginx's `$uri`.
@@ -129,18 +137,25 @@ pub fn decode_path(path: &str) -> Result<Vec<u8>, ScriptPathError> {
     Ok(out)
 }
 
-/// Appends the params of the request in `head` to `payload`.
+/// The script the request in `head` runs, if it names one (see [`script`]).
+pub fn script_of(fcgi: &FastCgi, head: &UpstreamHead) -> Result<Option<Script>, ScriptPathError> {
+    let target = head.target();
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    Ok(script(fcgi, &decode_path(path)?))
+}
+
+/// Appends the params of the request in `head`, which runs `script`, to `payload`.
 pub fn encode(
     fcgi: &FastCgi,
     head: &UpstreamHead,
+    script: &Script,
     content_length: u64,
     payload: &mut Vec<u8>,
-) -> Result<(), ScriptPathError> {
+) {
     let parts = &head.parts;
     let peers = &head.peers;
     let target = head.target();
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let script = script(fcgi, &decode_path(path)?);
+    let query = target.split_once('?').map_or("", |(_, query)| query);
     let mut put = |name: &str, value: &[u8]| put_name_value(payload, name.as_bytes(), value);
 
     let mut filename = fcgi.document_root.as_bytes().to_vec();
@@ -214,7 +229,6 @@ pub fn encode(
     for (name, value) in &fcgi.params {
         put_name_value(payload, name.as_bytes(), value.as_bytes());
     }
-    Ok(())
 }
 
 /// `host[:port]` into the name and the port, if given.
@@ -234,14 +248,14 @@ fn split_host(host: &[u8]) -> (&[u8], Option<&[u8]>) {
 }
 
 /// Every request field as `HTTP_*` (nginx's `fastcgi_pass_request_headers`), repeated
-/// fields joined (`Cookie` with "; ", others with ", "). Left out: names with `_`
-/// (nginx's `underscores_in_headers off`: `X_Foo` and `X-Foo` would both become
-/// `HTTP_X_FOO`), `Proxy` (httpoxy: PHP would read `HTTP_PROXY` as its proxy), and
+/// fields joined (`Cookie` with "; ", others with ", "). Left out: names with anything
+/// but letters, digits and `-` (nginx's `ignore_invalid_headers`: `X_Foo` would become
+/// `HTTP_X_FOO` like `X-Foo`, and PHP turns the `.` of `X.Foo` into `_` too), `Proxy` (httpoxy: PHP would read `HTTP_PROXY` as its proxy), and
 /// `Content-Type`/`Content-Length`, which have their own params.
 fn put_fields(head: &UpstreamHead, payload: &mut Vec<u8>) {
     let mut fields: Vec<(Vec<u8>, &[u8])> = Vec::new();
     let take = |name: &[u8]| {
-        if name.contains(&b'_')
+        if !name.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-')
             || name.eq_ignore_ascii_case(b"proxy")
             || name.eq_ignore_ascii_case(b"content-type")
             || name.eq_ignore_ascii_case(b"content-length")
@@ -307,6 +321,7 @@ mod tests {
     }
 
     #[test]
+    #[rustfmt::skip]
     fn paths_split_into_script_and_path_info() {
         // path, front controller, SCRIPT_NAME, PATH_INFO, why
         let rows: &[(&str, Option<&str>, &str, &str, &str)] = &[
@@ -333,27 +348,11 @@ mod tests {
                 "a directory runs its index",
             ),
             ("/", None, "/index.php", "", "the root runs the index"),
-            (
-                "/about",
-                None,
-                "/about/index.php",
-                "",
-                "no script: the path as a directory",
-            ),
-            (
-                "/x.phpx/y",
-                None,
-                "/x.phpx/y/index.php",
-                "",
-                "only a whole suffix splits",
-            ),
-            (
-                "/.php",
-                None,
-                "/.php/index.php",
-                "",
-                "a bare extension names no script",
-            ),
+            ("/about", None, "", "", "no script, not a directory: not asked"),
+            ("/robots.txt", None, "", "", "a static file is not PHP-FPM's"),
+            ("/uploads/x.phar/", None, "", "", "a file as a directory: PHP-FPM would run it"),
+            ("/v1.2/", None, "", "", "a dot in a directory: taken for a file"),
+            ("/.php", None, "", "", "a bare extension names no script"),
             (
                 "/users/42",
                 Some("/index.php"),
@@ -378,12 +377,14 @@ mod tests {
             ),
         ];
         for (path, front, name, info, why) in rows {
-            let got = script(&settings(*front), path.as_bytes());
-            assert_eq!(
-                (got.name.as_slice(), got.path_info.as_slice()),
-                (name.as_bytes(), info.as_bytes()),
-                "{path}: {why}"
-            );
+            let got = script(&settings(*front), path.as_bytes()).map(|s| {
+                (
+                    String::from_utf8(s.name).unwrap(),
+                    String::from_utf8(s.path_info).unwrap(),
+                )
+            });
+            let want = (!name.is_empty()).then(|| (name.to_string(), info.to_string()));
+            assert_eq!(got, want, "{path}: {why}");
         }
     }
 

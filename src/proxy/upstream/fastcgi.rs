@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
-use super::exchange::{within, ResponseBodyError};
+use super::exchange::{within, Deadlines, ResponseBodyError};
 use super::transport::Conn;
 use super::{pool, Failed, ResponseBody, UpstreamError};
 use crate::proxy::body::UpstreamBody;
@@ -41,16 +42,19 @@ pub(super) async fn exchange(
     mut conn: Box<Conn>,
     fcgi: &FastCgi,
     head: &UpstreamHead,
+    script: &params::Script,
     body: UpstreamBody,
-    head_by: Instant,
-    response_header: Duration,
-    read_idle: Duration,
+    deadlines: Deadlines,
 ) -> Result<Response<ResponseBody>, Failed> {
+    let Deadlines {
+        head_by,
+        response_header,
+        read_idle,
+    } = deadlines;
     // A body of unknown length was refused before: `CONTENT_LENGTH` must be known.
     let length = body.exact_len().unwrap_or(0);
     let mut payload = Vec::with_capacity(2048);
-    params::encode(fcgi, head, length, &mut payload)
-        .map_err(|e| Failed::from(UpstreamError::ScriptPath(e)))?;
+    params::encode(fcgi, head, script, length, &mut payload);
     let out = &mut conn.out;
     out.clear();
     codec::put_begin_request(out, true);
@@ -65,14 +69,32 @@ pub(super) async fn exchange(
             .await
             .map_err(|e| Failed::from(UpstreamError::Io(e)))?;
     } else {
-        Box::pin(write_stdin(&mut conn, body, read_idle)).await?;
+        // The whole upload within the response-header timeout: a body that streams
+        // (above maxReplayBytes) holds a PHP-FPM worker while it comes, and a client
+        // trickling it byte by byte must not hold one for ever.
+        let upload = Box::pin(write_stdin(&mut conn, body, read_idle));
+        match tokio::time::timeout(response_header, upload).await {
+            Ok(sent) => sent?,
+            Err(_) => return Err(UpstreamError::ResponseTimeout.into()),
+        }
         deadline = Instant::now() + response_header;
     }
     let asked_head = head.parts.method == Method::HEAD;
-    match tokio::time::timeout_at(deadline.into(), read_head(conn, asked_head, read_idle)).await {
-        Ok(read) => read,
-        Err(_) => Err(UpstreamError::ResponseTimeout.into()),
+    let reading = read_head(conn, asked_head, read_idle);
+    let mut resp = match tokio::time::timeout_at(deadline.into(), reading).await {
+        Ok(read) => read?,
+        Err(_) => return Err(UpstreamError::ResponseTimeout.into()),
+    };
+    // Read ahead, as nginx's `fastcgi_buffering`: an answer that fits gives its PHP-FPM
+    // worker back at once, however slowly the client reads it. Each read is timed by
+    // the read timeout, as the body's are.
+    if let ResponseBody::FastCgi(body) = resp.body_mut() {
+        body.read_ahead().await.map_err(|e| Failed {
+            error: UpstreamError::Io(io::Error::other(e)),
+            answered: true,
+        })?;
     }
+    Ok(resp)
 }
 
 /// Writes what is in `conn.out` and then the body as STDIN records, as it arrives:
@@ -138,6 +160,7 @@ async fn read_head(
                     let _ = stdout.split_to(consumed);
                     let mut body = FastCgiBody {
                         conn: Some(conn),
+                        reserved: Reserved(0),
                         records,
                         ready: VecDeque::new(),
                         ended: false,
@@ -189,6 +212,8 @@ async fn read_head(
 /// closed (PHP-FPM would go on writing the rest of the response into it).
 pub struct FastCgiBody {
     conn: Option<Box<Conn>>,
+    /// The share of [`READ_AHEAD_BUDGET`] this answer's read-ahead holds.
+    reserved: Reserved,
     records: Records,
     /// STDOUT decoded and not yet taken.
     ready: VecDeque<Bytes>,
@@ -201,7 +226,78 @@ pub struct FastCgiBody {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// Most of one answer read ahead of the client.
+const READ_AHEAD: usize = 256 * 1024;
+/// Most read ahead over all answers of the process: past it, answers stream as the
+/// client reads them, holding their PHP-FPM worker until then.
+const READ_AHEAD_BUDGET: usize = 64 * 1024 * 1024;
+static READ_AHEAD_LEFT: AtomicUsize = AtomicUsize::new(READ_AHEAD_BUDGET);
+
+/// Bytes taken from [`READ_AHEAD_LEFT`], given back when dropped.
+struct Reserved(usize);
+
+impl Reserved {
+    fn take(bytes: usize) -> Reserved {
+        let taken = READ_AHEAD_LEFT.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+            left.checked_sub(bytes)
+        });
+        Reserved(if taken.is_ok() { bytes } else { 0 })
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        READ_AHEAD_LEFT.fetch_add(self.0, Ordering::AcqRel);
+    }
+}
+
+/// The answer to a request whose path names no script: PHP-FPM's own answer to a
+/// script that does not exist, given without asking it.
+pub(super) fn no_script() -> Response<ResponseBody> {
+    let body = FastCgiBody {
+        conn: None,
+        reserved: Reserved(0),
+        records: Records::new(),
+        ready: VecDeque::from([Bytes::from_static(b"File not found.\n")]),
+        ended: true,
+        discard: false,
+        read_idle: Duration::ZERO,
+        waiting_since: None,
+        timer: None,
+    };
+    let mut resp = Response::new(ResponseBody::FastCgi(body));
+    *resp.status_mut() = http::StatusCode::NOT_FOUND;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    resp
+}
+
 impl FastCgiBody {
+    /// Reads the answer on, up to [`READ_AHEAD`] held, while the budget allows.
+    async fn read_ahead(&mut self) -> Result<(), ResponseBodyError> {
+        if self.ended || self.discard {
+            return Ok(());
+        }
+        self.reserved = Reserved::take(READ_AHEAD);
+        if self.reserved.0 == 0 {
+            return Ok(());
+        }
+        while !self.ended && self.held() < READ_AHEAD {
+            if std::future::poll_fn(|cx| self.poll_more(cx)).await? == 0 {
+                return Err(ResponseBodyError::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.decode_buffered()
+                .map_err(|e| ResponseBodyError::Malformed(e.0))?;
+        }
+        Ok(())
+    }
+
+    fn held(&self) -> usize {
+        self.ready.iter().map(Bytes::len).sum()
+    }
+
     fn push(&mut self, data: Bytes) {
         if !data.is_empty() && !self.discard {
             self.ready.push_back(data);

@@ -32,7 +32,7 @@ use http_body::{Body, Frame, SizeHint};
 use http::{Method, Response};
 
 use super::body::{BodyError, UpstreamBody};
-use super::fastcgi::params::ScriptPathError;
+use super::fastcgi::params::{self, ScriptPathError};
 use super::h1::head::{RawFields, UpstreamHead};
 use crate::routes::{Endpoint, Protocol, Timeouts};
 use exchange::{exchange, Deadlines};
@@ -147,10 +147,20 @@ pub async fn send(
     head: &UpstreamHead,
     body: UpstreamBody,
 ) -> Result<Response<ResponseBody>, UpstreamError> {
-    if protocol.fastcgi().is_some() && body.exact_len().is_none() {
-        return Err(UpstreamError::LengthRequired);
-    }
-    let deadlines = Deadlines {
+    let script = match protocol.fastcgi() {
+        None => None,
+        Some(fcgi) => {
+            if body.exact_len().is_none() {
+                return Err(UpstreamError::LengthRequired);
+            }
+            match params::script_of(fcgi, head)? {
+                Some(script) => Some(script),
+                // Asked nothing: a primary that has no such script answers 404.
+                None => return Ok(fastcgi::no_script()),
+            }
+        }
+    };
+    let mut deadlines = Deadlines {
         head_by: started + timeouts.response_header,
         response_header: timeouts.response_header,
         read_idle,
@@ -160,18 +170,23 @@ pub async fn send(
         // Boxed, like every rare path here: the request future stays small.
         None => Box::pin(open(protocol, endpoint, timeouts)).await?,
     };
+    if script.is_some() {
+        // A FastCGI request may have waited for a connection (its own budget, the
+        // connect timeout): the response header timeout starts once it has one.
+        deadlines.head_by = Instant::now() + timeouts.response_header;
+    }
     let retry = if conn.reused && is_idempotent(&head.parts.method) {
         body.replay()
     } else {
         None
     };
-    match run(protocol, conn, head, body, deadlines).await {
+    match run(protocol, conn, head, script.as_ref(), body, deadlines).await {
         Ok(resp) => Ok(resp),
         Err(Failed { error, answered }) => match retry {
             Some(body) if !answered && !matches!(error, UpstreamError::ResponseTimeout) => {
                 tracing::debug!(%endpoint, %error, "pooled connection was stale; retrying on a new one");
                 let conn = Box::pin(open(protocol, endpoint, timeouts)).await?;
-                run(protocol, conn, head, body, deadlines)
+                run(protocol, conn, head, script.as_ref(), body, deadlines)
                     .await
                     .map_err(|f| f.error)
             }
@@ -185,28 +200,18 @@ async fn run(
     protocol: &Protocol,
     conn: Box<Conn>,
     head: &UpstreamHead,
+    script: Option<&params::Script>,
     body: UpstreamBody,
     deadlines: Deadlines,
 ) -> Result<Response<ResponseBody>, Failed> {
     // Boxed: the exchange is most of the request's state, and a future is copied whole
     // into each caller's state as it starts; on the heap it is written once. (Boxing
     // `send`'s future instead put 1.6 KB on mimalloc's slow path per attempt.)
-    match protocol {
-        Protocol::FastCgi(fcgi) => {
-            Box::pin(fastcgi::exchange(
-                conn,
-                fcgi,
-                head,
-                body,
-                deadlines.head_by,
-                deadlines.response_header,
-                deadlines.read_idle,
-            ))
-            .await
+    match (protocol, script) {
+        (Protocol::FastCgi(fcgi), Some(script)) => {
+            Box::pin(fastcgi::exchange(conn, fcgi, head, script, body, deadlines)).await
         }
-        Protocol::Http | Protocol::Https(_) => {
-            Box::pin(exchange(conn, head, body, deadlines)).await
-        }
+        _ => Box::pin(exchange(conn, head, body, deadlines)).await,
     }
 }
 
@@ -236,7 +241,10 @@ async fn open(
                 })
                 .await;
             match waited {
-                Ok(conn) => return Ok(conn),
+                Ok(conn) => {
+                    pool::took_handoff(endpoint.pool_key());
+                    return Ok(conn);
+                }
                 Err(Some(slot)) => slot,
                 Err(None) => {
                     return Err(UpstreamError::Connect {

@@ -34,7 +34,16 @@ struct Pool {
     swept_at: Instant,
     /// Requests on this thread waiting for a FastCGI connection, by pool key, oldest
     /// first.
-    waiting: rustc_hash::FxHashMap<Box<str>, VecDeque<oneshot::Sender<Box<Conn>>>>,
+    waiting: rustc_hash::FxHashMap<Box<str>, Waiting>,
+}
+
+/// The requests on one thread waiting for connections to one endpoint.
+#[derive(Default)]
+struct Waiting {
+    queue: VecDeque<oneshot::Sender<Box<Conn>>>,
+    /// Handed a connection and not yet woken to take it: still counted among the
+    /// endpoint's waiters, though no longer waiting.
+    handed: usize,
 }
 
 thread_local! {
@@ -65,19 +74,35 @@ pub(super) fn checkout(key: &str, now: Instant) -> Option<Box<Conn>> {
 pub(super) fn checkin(mut conn: Box<Conn>) {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
-        if conn.slot.is_some() {
-            if let Some(waiting) = pool.waiting.get_mut(&*conn.key) {
-                while let Some(waiter) = waiting.pop_front() {
-                    conn.reused = true;
-                    match waiter.send(conn) {
-                        Ok(()) => return,
-                        // That request gave up waiting.
-                        Err(back) => conn = back,
+        if let Some(waiters) = conn.slot.as_ref().map(|slot| slot.waiters()) {
+            if !conn.still_open() {
+                // Closed, or bytes the backend sent unasked: not for the next request.
+                return;
+            }
+            let (local, handed) = pool.waiting.get_mut(&*conn.key).map_or((0, 0), |waiting| {
+                waiting.queue.retain(|w| !w.is_closed());
+                (waiting.queue.len(), waiting.handed)
+            });
+            // Requests on other threads wait too: the longer queue gets the connection,
+            // so no thread's requests starve while another's are served. Theirs get it
+            // by its closing, which frees its slot for them.
+            let remote = waiters.saturating_sub(local + handed);
+            if local > 0 && local >= remote {
+                if let Some(waiting) = pool.waiting.get_mut(&*conn.key) {
+                    while let Some(waiter) = waiting.queue.pop_front() {
+                        conn.reused = true;
+                        match waiter.send(conn) {
+                            Ok(()) => {
+                                waiting.handed += 1;
+                                return;
+                            }
+                            // That request gave up waiting just now.
+                            Err(back) => conn = back,
+                        }
                     }
                 }
             }
-            if conn.slot.as_ref().is_some_and(|slot| slot.wanted()) {
-                // Closed: its slot lets a request on another thread open one.
+            if remote > 0 {
                 return;
             }
         }
@@ -100,18 +125,21 @@ pub(super) fn checkin(mut conn: Box<Conn>) {
 /// Closes this thread's idle upstream connections whose idle timeout has passed; the
 /// worker's housekeeping tick calls it.
 pub fn sweep_idle(now: Instant) {
+    super::slots::sweep();
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         pool.swept_at = now;
         pool.idle.retain(|_, conns| {
             // A FastCGI connection idle here while requests elsewhere wait for one is
             // closed, so one of them can open it.
-            conns.retain(|c| c.expires > now && !c.conn.slot.as_ref().is_some_and(|s| s.wanted()));
+            conns.retain(|c| {
+                c.expires > now && c.conn.slot.as_ref().is_none_or(|s| s.waiters() == 0)
+            });
             !conns.is_empty()
         });
         pool.waiting.retain(|_, waiting| {
-            waiting.retain(|w| !w.is_closed());
-            !waiting.is_empty()
+            waiting.queue.retain(|w| !w.is_closed());
+            !waiting.queue.is_empty() || waiting.handed > 0
         });
     });
 }
@@ -123,11 +151,20 @@ pub(super) fn wait_for_handoff(key: &str) -> oneshot::Receiver<Box<Conn>> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         if !pool.waiting.contains_key(key) {
-            pool.waiting.insert(key.into(), VecDeque::new());
+            pool.waiting.insert(key.into(), Waiting::default());
         }
         if let Some(waiting) = pool.waiting.get_mut(key) {
-            waiting.push_back(tx);
+            waiting.queue.push_back(tx);
         }
     });
     rx
+}
+
+/// A request that waited took the connection handed to it (see [`wait_for_handoff`]).
+pub(super) fn took_handoff(key: &str) {
+    POOL.with(|pool| {
+        if let Some(waiting) = pool.borrow_mut().waiting.get_mut(key) {
+            waiting.handed = waiting.handed.saturating_sub(1);
+        }
+    });
 }

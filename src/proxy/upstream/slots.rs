@@ -10,10 +10,10 @@
 //! connections than the pool's `pm.max_children` would leave the extra ones waiting in
 //! PHP-FPM's listen queue for a worker that never frees up. So connections are counted
 //! per endpoint over the whole process, and a request beyond the cap waits, within the
-//! connect timeout, for one: idle connections are kept per worker thread (`pool`), so a
-//! thread that checks a connection in while another thread has requests waiting closes
-//! it instead, which frees its slot for the waiter; a waiter on the same thread gets the
-//! connection itself, still open (`pool::checkin`).
+//! connect timeout, for one: idle connections are kept per worker thread (`pool`). A
+//! connection checked in goes, still open, to a request waiting on the same thread,
+//! unless more wait on other threads: then it is closed, which frees its slot for them
+//! (`pool::checkin`); an idle one is closed on the worker's tick while any request waits.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,7 +26,9 @@ use tokio::sync::Notify;
 /// The connections of one endpoint.
 #[derive(Debug)]
 pub(super) struct Slots {
-    max: usize,
+    /// The cap, as the route table last set it. Routes that share an endpoint share
+    /// its count; the cap is the one their table set last.
+    max: AtomicUsize,
     open: AtomicUsize,
     /// Requests waiting for a connection, on any thread.
     wanted: AtomicUsize,
@@ -45,9 +47,9 @@ impl Drop for Slot {
 }
 
 impl Slot {
-    /// Whether a request anywhere waits for a connection to this endpoint.
-    pub(super) fn wanted(&self) -> bool {
-        self.0.wanted.load(Ordering::Acquire) > 0
+    /// How many requests, on any thread, wait for a connection to this endpoint.
+    pub(super) fn waiters(&self) -> usize {
+        self.0.wanted.load(Ordering::Acquire)
     }
 }
 
@@ -58,38 +60,55 @@ thread_local! {
     static CACHED: RefCell<FxHashMap<Box<str>, Arc<Slots>>> = RefCell::default();
 }
 
-/// The slots of the endpoint with pool key `key`, capped at `max`. A new `max` (the
-/// route changed) starts a new count; connections under the old one keep theirs.
+/// The slots of the endpoint with pool key `key`, capped at `max` from now on: one
+/// count per endpoint, whatever its routes say (a new cap below the connections open
+/// lets no new one open until enough have closed).
 pub(super) fn of(key: &str, max: usize) -> Arc<Slots> {
     CACHED.with(|cached| {
         let mut cached = cached.borrow_mut();
-        if let Some(slots) = cached.get(key).filter(|s| s.max == max) {
+        if let Some(slots) = cached.get(key) {
+            if slots.max.load(Ordering::Relaxed) != max {
+                slots.max.store(max, Ordering::Relaxed);
+            }
             return slots.clone();
         }
         let mut all = ALL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let slots = match all.get(key).filter(|s| s.max == max) {
+        let slots = match all.get(key) {
             Some(slots) => slots.clone(),
             None => {
                 let slots = Arc::new(Slots {
-                    max,
+                    max: AtomicUsize::new(max),
                     open: AtomicUsize::new(0),
                     wanted: AtomicUsize::new(0),
                     freed: Notify::new(),
                 });
+                // Endpoints come and go with pods: forget those nothing refers to any more.
+                all.retain(|_, s| Arc::strong_count(s) > 1);
                 all.insert(key.into(), slots.clone());
                 slots
             }
         };
+        slots.max.store(max, Ordering::Relaxed);
         cached.insert(key.into(), slots.clone());
         slots
     })
+}
+
+/// Forgets, on this thread, the endpoints with no connection open and nobody waiting,
+/// so the maps do not grow with endpoint churn; the worker's tick calls it.
+pub(super) fn sweep() {
+    CACHED.with(|cached| {
+        cached.borrow_mut().retain(|_, s| {
+            s.open.load(Ordering::Acquire) > 0 || s.wanted.load(Ordering::Acquire) > 0
+        });
+    });
 }
 
 impl Slots {
     /// A slot if fewer than `max` connections are open.
     pub(super) fn try_take(self: &Arc<Self>) -> Option<Slot> {
         let mut open = self.open.load(Ordering::Acquire);
-        while open < self.max {
+        while open < self.max.load(Ordering::Relaxed) {
             match self.open.compare_exchange_weak(
                 open,
                 open + 1,
@@ -103,7 +122,7 @@ impl Slots {
         None
     }
 
-    /// Counts a request as waiting while `wait` runs (see [`Slot::wanted`]).
+    /// Counts a request as waiting while `wait` runs (see [`Slot::waiters`]).
     pub(super) async fn waiting<T>(&self, wait: impl std::future::Future<Output = T>) -> T {
         struct Waiting<'a>(&'a AtomicUsize);
         impl Drop for Waiting<'_> {
@@ -159,11 +178,16 @@ mod tests {
     }
 
     #[test]
-    fn a_new_cap_starts_a_new_count() {
-        let two = of("fastcgi|test-recap", 2);
-        let _held = two.try_take();
-        let three = of("fastcgi|test-recap", 3);
-        assert!(!Arc::ptr_eq(&two, &three));
-        assert_eq!(three.open.load(Ordering::Acquire), 0);
+    fn routes_sharing_an_endpoint_share_its_count() {
+        let two = of("fastcgi|test-shared", 2);
+        let _a = two.try_take().unwrap();
+        let _b = two.try_take().unwrap();
+        let three = of("fastcgi|test-shared", 3);
+        assert!(Arc::ptr_eq(&two, &three), "one count per endpoint");
+        let _c = three.try_take().expect("the cap is now three");
+        assert!(
+            of("fastcgi|test-shared", 2).try_take().is_none(),
+            "back to two: none"
+        );
     }
 }

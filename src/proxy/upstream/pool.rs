@@ -87,7 +87,7 @@ pub(super) fn checkin(mut conn: Box<Conn>) {
             // so no thread's requests starve while another's are served. Theirs get it
             // by its closing, which frees its slot for them.
             let remote = waiters.saturating_sub(local + handed);
-            if local > 0 && local >= remote {
+            if local > 0 && local * 2 >= remote {
                 if let Some(waiting) = pool.waiting.get_mut(&*conn.key) {
                     while let Some(waiter) = waiting.queue.pop_front() {
                         conn.reused = true;
@@ -102,7 +102,7 @@ pub(super) fn checkin(mut conn: Box<Conn>) {
                     }
                 }
             }
-            if remote > 0 {
+            if remote > 0 && local * 2 < remote {
                 return;
             }
         }

@@ -22,6 +22,11 @@ pub fn enter_worker(index: usize) {
     WORKER.set(index);
 }
 
+/// The current thread's worker index (0 for threads that are not workers).
+pub fn worker_index() -> usize {
+    WORKER.get()
+}
+
 /// One value per worker thread. Each copy is aligned to a cache line of its own.
 pub struct PerWorker<T> {
     copies: Box<[CacheLine<T>]>,

@@ -74,6 +74,7 @@ pub async fn serve_workers(
     grace: Duration,
 ) -> std::io::Result<Drained> {
     let tls = TlsAcceptor::from(proxy.tls_config());
+    super::upstream::set_workers(http.len());
     let mut finished = Vec::with_capacity(http.len());
     for (worker, (socket, tls_socket)) in http.into_iter().zip(https).enumerate() {
         let tls = tls.clone();

@@ -39,6 +39,7 @@ use exchange::{exchange, Deadlines};
 pub use exchange::{HttpBody, ResponseBodyError};
 pub use fastcgi::FastCgiBody;
 pub use pool::sweep_idle;
+pub use slots::set_workers;
 use transport::Conn;
 pub use transport::Stream;
 

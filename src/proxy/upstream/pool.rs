@@ -74,7 +74,8 @@ pub(super) fn checkout(key: &str, now: Instant) -> Option<Box<Conn>> {
 pub(super) fn checkin(mut conn: Box<Conn>) {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
-        if let Some(waiters) = conn.slot.as_ref().map(|slot| slot.waiters()) {
+        if let Some(slot) = &conn.slot {
+            let (waiters, over_share) = (slot.waiters(), slot.over_share());
             if !conn.still_open() {
                 // Closed, or bytes the backend sent unasked: not for the next request.
                 return;
@@ -83,26 +84,28 @@ pub(super) fn checkin(mut conn: Box<Conn>) {
                 waiting.queue.retain(|w| !w.is_closed());
                 (waiting.queue.len(), waiting.handed)
             });
-            // Requests on other threads wait too: the longer queue gets the connection,
-            // so no thread's requests starve while another's are served. Theirs get it
-            // by its closing, which frees its slot for them.
+            // Requests on other threads wait too. Theirs get a connection by its
+            // closing, which frees its slot for them at the price of a reconnect: so a
+            // thread keeps its share of the cap for its own waiters, and gives back what
+            // it holds above it (see `Slot::over_share`).
             let remote = waiters.saturating_sub(local + handed);
-            if local > 0 && local * 2 >= remote {
-                if let Some(waiting) = pool.waiting.get_mut(&*conn.key) {
-                    while let Some(waiter) = waiting.queue.pop_front() {
-                        conn.reused = true;
-                        match waiter.send(conn) {
-                            Ok(()) => {
-                                waiting.handed += 1;
-                                return;
-                            }
-                            // That request gave up waiting just now.
-                            Err(back) => conn = back,
+            if remote > 0 && (local == 0 || over_share) {
+                return;
+            }
+            if let Some(waiting) = pool.waiting.get_mut(&*conn.key) {
+                while let Some(waiter) = waiting.queue.pop_front() {
+                    conn.reused = true;
+                    match waiter.send(conn) {
+                        Ok(()) => {
+                            waiting.handed += 1;
+                            return;
                         }
+                        // That request gave up waiting just now.
+                        Err(back) => conn = back,
                     }
                 }
             }
-            if remote > 0 && local * 2 < remote {
+            if remote > 0 {
                 return;
             }
         }

@@ -10,10 +10,13 @@
 //! connections than the pool's `pm.max_children` would leave the extra ones waiting in
 //! PHP-FPM's listen queue for a worker that never frees up. So connections are counted
 //! per endpoint over the whole process, and a request beyond the cap waits, within the
-//! connect timeout, for one: idle connections are kept per worker thread (`pool`). A
-//! connection checked in goes, still open, to a request waiting on the same thread,
-//! unless more wait on other threads: then it is closed, which frees its slot for them
-//! (`pool::checkin`); an idle one is closed on the worker's tick while any request waits.
+//! connect timeout, for one. Idle connections are kept per worker thread (`pool`), and
+//! a connection never leaves its thread, so each thread keeps its share of the cap
+//! (the cap over the workers) for its own waiters, handing a finished connection to
+//! the next of them still open; what it holds above its share, borrowed while other
+//! threads were quiet, it closes when requests on other threads wait, freeing its slot
+//! for them (`pool::checkin`). An idle connection is closed on the worker's tick while
+//! any request waits.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,18 +38,54 @@ pub(super) struct Slots {
     freed: Notify,
 }
 
-/// Leave for one open connection; it is given back when dropped.
+/// Leave for one open connection; it is given back when dropped. A connection never
+/// leaves the worker thread that opened it, so neither does its slot.
 #[derive(Debug)]
 pub(super) struct Slot(Arc<Slots>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            let key = Arc::as_ptr(&self.0) as usize;
+            if let Some(n) = held.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(&key);
+                }
+            }
+        });
         self.0.open.fetch_sub(1, Ordering::AcqRel);
         self.0.freed.notify_one();
     }
 }
 
+/// How many data-plane workers share each cap (set once when they start).
+static WORKERS: AtomicUsize = AtomicUsize::new(1);
+
+/// Sets how many worker threads share each endpoint's cap.
+pub fn set_workers(workers: usize) {
+    WORKERS.store(workers.max(1), Ordering::Relaxed);
+}
+
 impl Slot {
+    /// Whether this thread holds more connections to the endpoint than its share of the
+    /// cap (the cap divided over the workers): the ones above it were borrowed from
+    /// threads with less traffic, and go back when those have requests waiting.
+    pub(super) fn over_share(&self) -> bool {
+        let workers = WORKERS.load(Ordering::Relaxed);
+        let max = self.0.max.load(Ordering::Relaxed);
+        let index = crate::shard::worker_index() % workers;
+        let share = max / workers + usize::from(index < max % workers);
+        let held = HELD.with(|held| {
+            held.borrow()
+                .get(&(Arc::as_ptr(&self.0) as usize))
+                .copied()
+                .unwrap_or(0)
+        });
+        held > share
+    }
+
     /// How many requests, on any thread, wait for a connection to this endpoint.
     pub(super) fn waiters(&self) -> usize {
         self.0.wanted.load(Ordering::Acquire)
@@ -58,6 +97,8 @@ static ALL: LazyLock<Mutex<FxHashMap<Box<str>, Arc<Slots>>>> = LazyLock::new(Def
 
 thread_local! {
     static CACHED: RefCell<FxHashMap<Box<str>, Arc<Slots>>> = RefCell::default();
+    /// Connections open on this thread, by endpoint (the address of its `Slots`).
+    static HELD: RefCell<FxHashMap<usize, usize>> = RefCell::default();
 }
 
 /// The slots of the endpoint with pool key `key`, capped at `max` from now on: one
@@ -115,7 +156,15 @@ impl Slots {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Some(Slot(self.clone())),
+                Ok(_) => {
+                    HELD.with(|held| {
+                        *held
+                            .borrow_mut()
+                            .entry(Arc::as_ptr(self) as usize)
+                            .or_insert(0) += 1;
+                    });
+                    return Some(Slot(self.clone()));
+                }
                 Err(now) => open = now,
             }
         }

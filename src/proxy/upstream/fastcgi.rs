@@ -31,14 +31,60 @@ use crate::proxy::body::UpstreamBody;
 use crate::proxy::fastcgi::codec::{self, Record, RecordType, Records, MAX_CONTENT};
 use crate::proxy::fastcgi::params;
 use crate::proxy::h1::head::UpstreamHead;
-use crate::routes::FastCgi;
+use crate::routes::{Endpoint, FastCgi, Protocol, Timeouts};
 
 /// Request bodies are sent in writes of about this size; smaller frames are gathered.
 const WRITE_BYTES: usize = 64 * 1024;
 
+/// Sends the request to the FastCGI `endpoint`, as `upstream::send` does for HTTP:
+/// a pooled connection or a new one within `maxConnections`, one exchange, and once
+/// more on a new connection when a pooled one turned out stale and that is safe.
+pub(super) async fn send(
+    fcgi: &FastCgi,
+    protocol: &Protocol,
+    endpoint: &Endpoint,
+    timeouts: &Timeouts,
+    read_idle: Duration,
+    head: &UpstreamHead,
+    body: UpstreamBody,
+) -> Result<Response<ResponseBody>, UpstreamError> {
+    // PHP-FPM needs CONTENT_LENGTH; a chunked body within maxReplayBytes was buffered.
+    if body.exact_len().is_none() {
+        return Err(UpstreamError::LengthRequired);
+    }
+    let Some(script) = params::script_of(fcgi, head)? else {
+        // A primary that has no such script answers 404: PHP-FPM is not asked.
+        return Ok(no_script());
+    };
+    let conn = match pool::checkout(endpoint.pool_key(), Instant::now()) {
+        Some(conn) => conn,
+        None => super::open(protocol, endpoint, timeouts).await?,
+    };
+    // It may have waited for a connection (the connect timeout's budget): the response
+    // header timeout starts once it has one.
+    let deadlines = Deadlines {
+        head_by: Instant::now() + timeouts.response_header,
+        response_header: timeouts.response_header,
+        read_idle,
+    };
+    let retry = super::replay_for_retry(&conn, head, &body);
+    match exchange(conn, fcgi, head, &script, body, deadlines).await {
+        Ok(resp) => Ok(resp),
+        Err(failed) => match retry {
+            Some(body) if failed.may_retry() => {
+                let conn = super::open(protocol, endpoint, timeouts).await?;
+                exchange(conn, fcgi, head, &script, body, deadlines)
+                    .await
+                    .map_err(|f| f.error)
+            }
+            _ => Err(failed.error),
+        },
+    }
+}
+
 /// Writes the request and reads the response head on `conn`, the head due by
 /// `head_by` (a bodyless request) or within `response_header` of the body's end.
-pub(super) async fn exchange(
+async fn exchange(
     mut conn: Box<Conn>,
     fcgi: &FastCgi,
     head: &UpstreamHead,
@@ -173,7 +219,7 @@ async fn read_head(
                     // Small answers are usually whole by now: their length is then known.
                     body.decode_buffered()
                         .map_err(|e| failed(UpstreamError::Malformed(e.0), true))?;
-                    let mut resp = Response::new(ResponseBody::FastCgi(body));
+                    let mut resp = Response::new(ResponseBody::FastCgi(Box::new(body)));
                     *resp.status_mut() = cgi.status;
                     *resp.headers_mut() = cgi.headers;
                     return Ok(resp);
@@ -265,7 +311,7 @@ pub(super) fn no_script() -> Response<ResponseBody> {
         waiting_since: None,
         timer: None,
     };
-    let mut resp = Response::new(ResponseBody::FastCgi(body));
+    let mut resp = Response::new(ResponseBody::FastCgi(Box::new(body)));
     *resp.status_mut() = http::StatusCode::NOT_FOUND;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -32,7 +32,7 @@ use http_body::{Body, Frame, SizeHint};
 use http::{Method, Response};
 
 use super::body::{BodyError, UpstreamBody};
-use super::fastcgi::params::{self, ScriptPathError};
+use super::fastcgi::params::ScriptPathError;
 use super::h1::head::{RawFields, UpstreamHead};
 use crate::routes::{Endpoint, Protocol, Timeouts};
 use exchange::{exchange, Deadlines};
@@ -148,20 +148,14 @@ pub async fn send(
     head: &UpstreamHead,
     body: UpstreamBody,
 ) -> Result<Response<ResponseBody>, UpstreamError> {
-    let script = match protocol.fastcgi() {
-        None => None,
-        Some(fcgi) => {
-            if body.exact_len().is_none() {
-                return Err(UpstreamError::LengthRequired);
-            }
-            match params::script_of(fcgi, head)? {
-                Some(script) => Some(script),
-                // Asked nothing: a primary that has no such script answers 404.
-                None => return Ok(fastcgi::no_script()),
-            }
-        }
-    };
-    let mut deadlines = Deadlines {
+    if let Protocol::FastCgi(fcgi) = protocol {
+        // Boxed: the HTTP path below, most requests, keeps its small future.
+        return Box::pin(fastcgi::send(
+            fcgi, protocol, endpoint, timeouts, read_idle, head, body,
+        ))
+        .await;
+    }
+    let deadlines = Deadlines {
         head_by: started + timeouts.response_header,
         response_header: timeouts.response_header,
         read_idle,
@@ -171,48 +165,40 @@ pub async fn send(
         // Boxed, like every rare path here: the request future stays small.
         None => Box::pin(open(protocol, endpoint, timeouts)).await?,
     };
-    if script.is_some() {
-        // A FastCGI request may have waited for a connection (its own budget, the
-        // connect timeout): the response header timeout starts once it has one.
-        deadlines.head_by = Instant::now() + timeouts.response_header;
-    }
-    let retry = if conn.reused && is_idempotent(&head.parts.method) {
-        body.replay()
-    } else {
-        None
-    };
-    match run(protocol, conn, head, script.as_ref(), body, deadlines).await {
+    let retry = replay_for_retry(&conn, head, &body);
+    // Boxed: the exchange is most of the request's state, and a future is copied whole
+    // into each caller's state as it starts; on the heap it is written once. (Boxing
+    // this function's future instead put 1.6 KB on mimalloc's slow path per attempt.)
+    match Box::pin(exchange(conn, head, body, deadlines)).await {
         Ok(resp) => Ok(resp),
-        Err(Failed { error, answered }) => match retry {
-            Some(body) if !answered && !matches!(error, UpstreamError::ResponseTimeout) => {
-                tracing::debug!(%endpoint, %error, "pooled connection was stale; retrying on a new one");
+        Err(failed) => match retry {
+            Some(body) if failed.may_retry() => {
+                tracing::debug!(%endpoint, error = %failed.error, "pooled connection was stale; retrying on a new one");
                 let conn = Box::pin(open(protocol, endpoint, timeouts)).await?;
-                run(protocol, conn, head, script.as_ref(), body, deadlines)
+                Box::pin(exchange(conn, head, body, deadlines))
                     .await
                     .map_err(|f| f.error)
             }
-            _ => Err(error),
+            _ => Err(failed.error),
         },
     }
 }
 
-/// One exchange on `conn` in the backend's protocol.
-async fn run(
-    protocol: &Protocol,
-    conn: Box<Conn>,
-    head: &UpstreamHead,
-    script: Option<&params::Script>,
-    body: UpstreamBody,
-    deadlines: Deadlines,
-) -> Result<Response<ResponseBody>, Failed> {
-    // Boxed: the exchange is most of the request's state, and a future is copied whole
-    // into each caller's state as it starts; on the heap it is written once. (Boxing
-    // `send`'s future instead put 1.6 KB on mimalloc's slow path per attempt.)
-    match (protocol, script) {
-        (Protocol::FastCgi(fcgi), Some(script)) => {
-            Box::pin(fastcgi::exchange(conn, fcgi, head, script, body, deadlines)).await
-        }
-        _ => Box::pin(exchange(conn, head, body, deadlines)).await,
+/// The body to send again if the exchange on `conn` fails as a stale pooled connection
+/// does: a reused connection, an idempotent method and a body that can be replayed.
+fn replay_for_retry(conn: &Conn, head: &UpstreamHead, body: &UpstreamBody) -> Option<UpstreamBody> {
+    if conn.reused && is_idempotent(&head.parts.method) {
+        body.replay()
+    } else {
+        None
+    }
+}
+
+impl Failed {
+    /// Whether it failed as a connection the backend had closed while it sat in the
+    /// pool: before any byte of an answer, and not by timing out.
+    fn may_retry(&self) -> bool {
+        !self.answered && !matches!(self.error, UpstreamError::ResponseTimeout)
     }
 }
 
@@ -278,8 +264,9 @@ async fn open(
 pub enum ResponseBody {
     /// An HTTP/1.1 response's body.
     Http(HttpBody),
-    /// A FastCGI response's STDOUT.
-    FastCgi(FastCgiBody),
+    /// A FastCGI response's STDOUT; boxed, so the HTTP body, most answers, moves as
+    /// few bytes as it did alone.
+    FastCgi(Box<FastCgiBody>),
 }
 
 impl ResponseBody {
@@ -310,7 +297,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         match self.get_mut() {
             ResponseBody::Http(body) => Pin::new(body).poll_frame(cx),
-            ResponseBody::FastCgi(body) => Pin::new(body).poll_frame(cx),
+            ResponseBody::FastCgi(body) => Pin::new(body.as_mut()).poll_frame(cx),
         }
     }
 

@@ -25,7 +25,7 @@ use fallthrough::proxy::h1::codec::{
 };
 use fallthrough::proxy::h1::server::serve_io;
 use fallthrough::proxy::{path, ConnInfo, Limits, Proxy};
-use fallthrough::routes::{Answerer, Backend, Route, RouteTable, Timeouts};
+use fallthrough::routes::{Addr, Answerer, Backend, Protocol, Route, RouteTable, Timeouts};
 use http::Method;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -190,10 +190,12 @@ async fn serve_one(
 }
 
 fn route(primary: &str, fallback: &str) -> Route {
-    let backend = |addr: &str| Backend {
-        name: addr.to_string(),
-        scheme: http::uri::Scheme::HTTP,
-        endpoints: vec![addr.parse().unwrap()],
+    let backend = |addr: &str| {
+        Backend::new(
+            addr.to_string(),
+            Protocol::Http,
+            [Addr::Tcp(addr.parse().unwrap())],
+        )
     };
     Route {
         namespace: "fuzz".into(),

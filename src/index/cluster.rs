@@ -789,6 +789,54 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_trusts_the_ca_crt_of_the_secret_it_names() {
+        let mut idx = index();
+        let mut spec = shop_spec("tls.test");
+        spec.primary.tls = Some(crate::api::BackendTlsSpec {
+            server_name: Some("php.internal".into()),
+            ca_secret_name: Some("internal-ca".into()),
+            ..Default::default()
+        });
+        idx.apply_route(&mk_route("web", "shop", 1, spec));
+        let accepted = condition(&idx.build(), "shop", "Accepted").clone();
+        assert_eq!(accepted.status, "False", "no such Secret yet");
+        assert!(
+            accepted.message.contains("web/internal-ca"),
+            "{}",
+            accepted.message
+        );
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["ca.internal".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut data = std::collections::BTreeMap::new();
+        data.insert(
+            "ca.crt".to_string(),
+            k8s_openapi::ByteString(ca.pem().into_bytes()),
+        );
+        let secret = Secret {
+            metadata: ObjectMeta {
+                namespace: Some("web".into()),
+                name: Some("internal-ca".into()),
+                ..Default::default()
+            },
+            type_: Some("kubernetes.io/tls".into()),
+            data: Some(data),
+            ..Default::default()
+        };
+        idx.apply_secret(&secret, 0);
+        let built = idx.build();
+        assert_eq!(condition(&built, "shop", "Accepted").status, "True");
+        let crate::routes::Protocol::Https(tls) = &built.table.routes()[0].primary.protocol else {
+            panic!("the primary speaks HTTPS")
+        };
+        assert_eq!(tls.server_name, "php.internal");
+        assert_eq!(tls.ca, "secret:web/internal-ca");
+    }
+
+    #[test]
     fn url_backends_need_permission_and_invalid_routes_are_rejected_alone() {
         let mut idx = index();
         let mut with_url = shop_spec("a.test");

@@ -6,7 +6,6 @@
 //! the `Inbound` for as long as a request body is read and gives it back when the body
 //! ends or is dropped, so the loop can read the next request where the body stopped.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -190,17 +189,12 @@ impl H1Body {
                 Err(e) => Err(e.into()),
             });
         }
-        let since = *self
-            .waiting_since
-            .get_or_insert_with(tokio::time::Instant::now);
-        let due = since + self.idle;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-        if timer.deadline() != due {
-            timer.as_mut().reset(due);
-        }
-        ready!(timer.as_mut().poll(cx));
+        ready!(crate::proxy::deadline::poll_idle(
+            &mut self.timer,
+            &mut self.waiting_since,
+            self.idle,
+            cx
+        ));
         Poll::Ready(Err(H1BodyError::Stalled))
     }
 }

@@ -230,7 +230,7 @@ async fn write_within(stream: &mut Stream, data: &[u8], idle: Duration) -> io::R
 
 /// Writes `head` and then `data` in one system call where the socket takes both, without
 /// copying `data` behind `head` first.
-async fn write_pair(
+pub(super) async fn write_pair(
     stream: &mut Stream,
     head: &[u8],
     data: &[u8],
@@ -432,18 +432,12 @@ impl HttpBody {
             self.waiting_since = None;
             return Poll::Ready(read.map_err(ResponseBodyError::from));
         }
-        // Only a body that makes the task wait reads the clock and moves the timer.
-        let since = *self
-            .waiting_since
-            .get_or_insert_with(tokio::time::Instant::now);
-        let due = since + read_idle;
-        let timer = conn
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-        if timer.deadline() != due {
-            timer.as_mut().reset(due);
-        }
-        ready!(timer.as_mut().poll(cx));
+        ready!(crate::proxy::deadline::poll_idle(
+            &mut conn.timer,
+            &mut self.waiting_since,
+            read_idle,
+            cx
+        ));
         Poll::Ready(Err(ResponseBodyError::Stalled))
     }
 }

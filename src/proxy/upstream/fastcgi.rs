@@ -11,7 +11,6 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,7 +23,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
-use super::exchange::{within, Deadlines, ResponseBodyError};
+use super::exchange::{within, write_pair, Deadlines, ResponseBodyError};
 use super::transport::Conn;
 use super::{pool, Failed, ResponseBody, UpstreamError};
 use crate::proxy::body::UpstreamBody;
@@ -163,20 +162,7 @@ async fn write_stdin(
                 out.extend_from_slice(piece);
                 continue;
             }
-            let slices = [io::IoSlice::new(out), io::IoSlice::new(piece)];
-            let written = within(idle, stream.write_vectored(&slices))
-                .await
-                .map_err(io)?;
-            if written < out.len() {
-                within(idle, stream.write_all(&out[written..]))
-                    .await
-                    .map_err(io)?;
-                within(idle, stream.write_all(piece)).await.map_err(io)?;
-            } else {
-                within(idle, stream.write_all(&piece[written - out.len()..]))
-                    .await
-                    .map_err(io)?;
-            }
+            write_pair(stream, out, piece, idle).await.map_err(io)?;
             out.clear();
         }
     }
@@ -383,17 +369,12 @@ impl FastCgiBody {
             self.waiting_since = None;
             return Poll::Ready(read.map_err(ResponseBodyError::from));
         }
-        let due = *self
-            .waiting_since
-            .get_or_insert_with(tokio::time::Instant::now)
-            + self.read_idle;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-        if timer.deadline() != due {
-            timer.as_mut().reset(due);
-        }
-        ready!(timer.as_mut().poll(cx));
+        ready!(crate::proxy::deadline::poll_idle(
+            &mut self.timer,
+            &mut self.waiting_since,
+            self.read_idle,
+            cx
+        ));
         Poll::Ready(Err(ResponseBodyError::Stalled))
     }
 }

@@ -34,9 +34,10 @@ pub const DEFAULT_MAX_REPLAY_BYTES: u64 = 1024 * 1024;
     shortname = "fbr",
     category = "fallthrough",
     printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts"}"#,
-    printcolumn = r#"{"name":"Primary","type":"string","jsonPath":".spec.primary.service.name"}"#,
-    printcolumn = r#"{"name":"Fallback","type":"string","jsonPath":".spec.fallback.service.name"}"#,
+    printcolumn = r#"{"name":"Fallback","type":"string","description":"Share of the last 5 minutes' requests the fallback served, over all replicas; - without traffic.","jsonPath":".status.traffic.fallbackShare"}"#,
     printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
+    printcolumn = r#"{"name":"Primary-Service","type":"string","priority":1,"jsonPath":".spec.primary.service.name"}"#,
+    printcolumn = r#"{"name":"Fallback-Service","type":"string","priority":1,"jsonPath":".spec.fallback.service.name"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -101,6 +102,42 @@ pub struct FallbackRouteSpec {
     /// Answer plain-HTTP requests with a 308 redirect to the same URL over https.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_to_https: Option<bool>,
+
+    /// Path prefixes (segment-aware, like `paths`) that go straight to the fallback
+    /// without asking the primary: URLs retired from the legacy app. The longest
+    /// matching prefix of `skipPrimary` and `primaryOnly` decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = r"^/[^?#\s]*$")))]
+    pub skip_primary: Vec<String>,
+
+    /// Path prefixes (segment-aware, like `paths`) whose primary answer is final, even a
+    /// `fallbackOn` status: URLs only the legacy app may answer, e.g. `/wp-admin`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = r"^/[^?#\s]*$")))]
+    pub primary_only: Vec<String>,
+
+    /// Remember the paths the primary does not serve, and send them straight to the
+    /// fallback for `ttl`, in any method. Unset: every request asks the primary first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remember_fallbacks: Option<RememberFallbacks>,
+}
+
+/// Remembered fallbacks: after the primary answers a `fallbackOn` status for a path and
+/// the fallback serves it, requests for that exact (normalised) path skip the primary
+/// for `ttl`. The legacy app does not see a remembered path again until the TTL ends.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RememberFallbacks {
+    /// How long a path is remembered, e.g. `10m` or `1h`; then the next request asks
+    /// the primary again. Default 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub ttl: Option<String>,
+    /// Most paths remembered for this route; past it the least recently used is
+    /// forgotten. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_paths: Option<u32>,
 }
 
 /// Where a route's certificate comes from.
@@ -266,4 +303,31 @@ pub struct FallbackRouteStatus {
     /// routing table the proxies serve).
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// Who served this route's recent requests, summed over every replica; written by
+    /// the status-writing replica at most once a minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficStatus>,
+}
+
+/// Recent traffic of a route over all replicas.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficStatus {
+    /// Share of `requests` the fallback answered, as a whole percentage (`73%`), or `-`
+    /// when the window saw no request.
+    pub fallback_share: String,
+    /// Requests answered in the window, by any backend or by fallthrough itself.
+    pub requests: u64,
+    /// Of those, the ones the fallback answered.
+    pub fallback_requests: u64,
+    /// The window the counts cover, e.g. `5m0s` (shorter just after a restart).
+    pub window: String,
+    /// Distinct paths the primary served since the replicas started (an estimate,
+    /// within a few percent): what still depends on the legacy app.
+    pub legacy_paths: u64,
+    /// Replicas whose counts were summed.
+    pub replicas: u32,
+    /// When these figures were gathered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }

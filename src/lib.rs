@@ -9,6 +9,7 @@ pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod index;
+pub mod insight;
 pub mod metrics;
 pub mod provider;
 pub mod proxy;

@@ -214,6 +214,8 @@ fn route(primary: &str, fallback: &str) -> Route {
             idle: Duration::from_secs(1),
         },
         redirect_to_https: false,
+        cut_over: Vec::new(),
+        remember: None,
     }
 }
 

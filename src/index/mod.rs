@@ -11,7 +11,7 @@ use http::uri::Authority;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::{self, FallbackRouteSpec};
-use crate::routes::{Answerer, Backend, HostMatch, Route, Timeouts};
+use crate::routes::{Answerer, Backend, CutOver, HostMatch, Remember, Route, Timeouts};
 use backends::backend;
 
 mod backends;
@@ -174,6 +174,26 @@ pub enum InvalidRoute {
     /// `maxReplayBytes` above [`MAX_REPLAY_LIMIT`].
     #[error("maxReplayBytes {0} is above the limit of {MAX_REPLAY_LIMIT} bytes (64 MiB): replay buffers are held in memory")]
     ReplayTooLarge(u64),
+    /// A `skipPrimary` or `primaryOnly` prefix is malformed or in both lists.
+    #[error("{field} {path:?}: {why}")]
+    BadCutOver {
+        /// `skipPrimary` or `primaryOnly`.
+        field: &'static str,
+        /// The prefix as written.
+        path: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// `rememberFallbacks` cannot be used.
+    #[error("rememberFallbacks.{field} {value:?}: {why}")]
+    BadRemember {
+        /// `ttl` or `maxPaths`.
+        field: &'static str,
+        /// The value as written.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// A timeout is not a positive duration.
     #[error("timeouts.{field} {value:?} is not a duration: write it like 500ms, 5s or 2m")]
     BadTimeout {
@@ -254,6 +274,8 @@ pub fn route_from_spec(
         fallback_on_error: spec.fallback_on_error.unwrap_or(false),
         timeouts: timeouts(spec.timeouts.as_ref(), ctx.defaults)?,
         redirect_to_https: spec.redirect_to_https.unwrap_or(false),
+        cut_over: cut_over(spec)?,
+        remember: remember(spec.remember_fallbacks.as_ref())?,
     };
     check_tls(spec.tls.as_ref(), ctx)?;
     Ok(Validated { route, unresolved })
@@ -315,6 +337,74 @@ fn parse_path(path: &str) -> Result<String, InvalidRoute> {
     } else {
         trimmed.to_string()
     })
+}
+
+/// `skipPrimary` and `primaryOnly` as one list, longest prefix first.
+fn cut_over(spec: &FallbackRouteSpec) -> Result<Vec<(String, CutOver)>, InvalidRoute> {
+    let mut rules: Vec<(String, CutOver)> = Vec::new();
+    for (field, list, rule) in [
+        ("skipPrimary", &spec.skip_primary, CutOver::SkipPrimary),
+        ("primaryOnly", &spec.primary_only, CutOver::PrimaryOnly),
+    ] {
+        for written in list {
+            let bad = |why| InvalidRoute::BadCutOver {
+                field,
+                path: written.clone(),
+                why,
+            };
+            let prefix = parse_path(written).map_err(|_| {
+                bad("not a path prefix: it must start with / and carry no query (?) or fragment (#)")
+            })?;
+            if let Some((_, other)) = rules.iter().find(|(p, _)| *p == prefix) {
+                return Err(bad(if *other == rule {
+                    "listed twice: remove one"
+                } else {
+                    "is in both skipPrimary and primaryOnly: keep it in one"
+                }));
+            }
+            rules.push((prefix, rule));
+        }
+    }
+    rules.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+    Ok(rules)
+}
+
+/// Default `rememberFallbacks.ttl`.
+const DEFAULT_REMEMBER_TTL: Duration = Duration::from_secs(3600);
+/// Default `rememberFallbacks.maxPaths`.
+const DEFAULT_REMEMBER_PATHS: u32 = 10_000;
+/// Upper bound on `rememberFallbacks.maxPaths`, as the schema says.
+const MAX_REMEMBER_PATHS: u32 = 1_000_000;
+
+fn remember(spec: Option<&api::RememberFallbacks>) -> Result<Option<Remember>, InvalidRoute> {
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    let ttl = match &spec.ttl {
+        None => DEFAULT_REMEMBER_TTL,
+        Some(v) => match humantime::parse_duration(v) {
+            Ok(d) if d > Duration::ZERO => d,
+            _ => {
+                return Err(InvalidRoute::BadRemember {
+                    field: "ttl",
+                    value: v.clone(),
+                    why: "not a duration: write it like 10m or 1h",
+                })
+            }
+        },
+    };
+    let max_paths = spec.max_paths.unwrap_or(DEFAULT_REMEMBER_PATHS);
+    if !(1..=MAX_REMEMBER_PATHS).contains(&max_paths) {
+        return Err(InvalidRoute::BadRemember {
+            field: "maxPaths",
+            value: max_paths.to_string(),
+            why: "must be from 1 to 1000000",
+        });
+    }
+    Ok(Some(Remember {
+        ttl,
+        max_paths: max_paths as usize,
+    }))
 }
 
 fn timeouts(spec: Option<&api::Timeouts>, defaults: Timeouts) -> Result<Timeouts, InvalidRoute> {

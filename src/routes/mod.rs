@@ -45,12 +45,72 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// Plain-HTTP requests get a 308 to https.
     pub redirect_to_https: bool,
+    /// Normalised prefixes that skip the primary, or whose primary answer is final.
+    pub cut_over: Vec<(String, CutOver)>,
+    /// Remembered fallbacks, when enabled.
+    pub remember: Option<Remember>,
+}
+
+/// What a `skipPrimary` or `primaryOnly` prefix does to the requests it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CutOver {
+    /// Straight to the fallback.
+    SkipPrimary,
+    /// The primary's answer is final.
+    PrimaryOnly,
+}
+
+/// How a route remembers the paths its primary does not serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Remember {
+    /// How long a path goes straight to the fallback.
+    pub ttl: Duration,
+    /// Most paths remembered (least recently used forgotten first).
+    pub max_paths: usize,
 }
 
 impl Route {
     /// Whether the primary's status sends the request on to the fallback.
     pub fn falls_back_on(&self, status: u16) -> bool {
         self.fallback_on.contains(&status)
+    }
+
+    /// The `skipPrimary`/`primaryOnly` rule for a normalised path: the longest
+    /// matching prefix of either list.
+    pub fn cut_over(&self, path: &str) -> Option<CutOver> {
+        if self.cut_over.is_empty() {
+            return None;
+        }
+        // Kept longest first, so the first match is the most specific.
+        self.cut_over
+            .iter()
+            .find(|(prefix, _)| prefix_matches(prefix, path))
+            .map(|(_, rule)| *rule)
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether `other` is this route with only its endpoints changed: what a route
+    /// remembers survives such a reload.
+    pub fn same_spec(&self, other: &Route) -> bool {
+        let backends = |a: &Backend, b: &Backend| a.name == b.name && a.protocol == b.protocol;
+        self.namespace == other.namespace
+            && self.name == other.name
+            && self.hosts == other.hosts
+            && self.paths == other.paths
+            && backends(&self.primary, &other.primary)
+            && backends(&self.fallback, &other.fallback)
+            && self.fallback_on == other.fallback_on
+            && self.max_replay_bytes == other.max_replay_bytes
+            && self.not_found_from == other.not_found_from
+            && self.fallback_on_error == other.fallback_on_error
+            && self.timeouts == other.timeouts
+            && self.redirect_to_https == other.redirect_to_https
+            && self.cut_over == other.cut_over
+            && self.remember == other.remember
     }
 }
 

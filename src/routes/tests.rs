@@ -30,6 +30,8 @@ pub(crate) fn mk_route(name: &str, hosts: &[&str], paths: &[&str]) -> Route {
         fallback_on_error: false,
         timeouts: Timeouts::default(),
         redirect_to_https: false,
+        cut_over: Vec::new(),
+        remember: None,
     }
 }
 

@@ -322,8 +322,9 @@ pub struct TrafficStatus {
     pub fallback_requests: u64,
     /// The window the counts cover, e.g. `5m0s` (shorter just after a restart).
     pub window: String,
-    /// Distinct paths the primary served since the replicas started (an estimate,
-    /// within a few percent): what still depends on the legacy app.
+    /// Distinct paths the primary served since the replicas started (an estimate:
+    /// exact for a handful, typically within 7% beyond): what still depends on the
+    /// legacy app.
     pub legacy_paths: u64,
     /// Replicas whose counts were summed.
     pub replicas: u32,

@@ -5,6 +5,7 @@
 //! Out: the `/paths` and `/traffic` admin reports ([`report`]), mergeable across
 //! replicas, which `fallthrough paths` prints and the status writer sums.
 
+pub mod distinct;
 pub mod report;
 
 pub use report::Class;

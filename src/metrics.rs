@@ -50,6 +50,8 @@ pub struct Metrics {
     config_last_reload_successful: IntGauge,
     tls_expiry: prometheus::GaugeVec,
     tls_handshake_errors: IntCounterVec,
+    remembered_paths: prometheus::IntGaugeVec,
+    remembered_evictions: IntCounterVec,
 }
 
 fn counter_family(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -97,7 +99,7 @@ impl RequestFamilies {
             ),
             fallbacks: counter_family(
                 "fallthrough_fallbacks_total",
-                "Requests sent on to the fallback, by reason (status: the primary answered a fallbackOn status; error: the primary was unreachable).",
+                "Requests sent to the fallback, by reason (status: the primary answered a fallbackOn status; error: the primary was unreachable; remembered: the primary did not serve the path recently, rememberFallbacks; skip_primary: a skipPrimary prefix).",
                 &["namespace", "route", "reason"],
             ),
             fallbacks_skipped: counter_family(
@@ -256,7 +258,37 @@ impl Metrics {
                 "Failed TLS handshakes, by reason (no_certificate, protocol, timeout, io).",
                 &["reason"],
             ),
+            remembered_paths: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "fallthrough_remembered_paths",
+                        "Paths each route with rememberFallbacks sends straight to the fallback now.",
+                    ),
+                    &["namespace", "route"],
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            remembered_evictions: counter(
+                &r,
+                "fallthrough_remembered_evictions_total",
+                "Remembered paths dropped, by reason (expired: the ttl ended; capacity: maxPaths was reached, least recently used first; forgotten: the fallback answered a fallbackOn status for it).",
+                &["namespace", "route", "reason"],
+            ),
             registry: r,
+        }
+    }
+
+    /// The remembered-fallback series of one route with `rememberFallbacks`.
+    pub fn remembered(&self, route: &Route) -> RememberedMetrics {
+        let labels = [route.namespace.as_str(), route.name.as_str()];
+        RememberedMetrics {
+            paths: self.remembered_paths.with_label_values(&labels),
+            evictions: ["expired", "capacity", "forgotten"].map(|reason| {
+                self.remembered_evictions
+                    .with_label_values(&[labels[0], labels[1], reason])
+            }),
         }
     }
 
@@ -295,6 +327,15 @@ impl Metrics {
                 skipped_budget: f
                     .fallbacks_skipped
                     .with_label_values(&[ns, name, "replay_budget"]),
+                // Only for routes that can take these ways: no idle series elsewhere.
+                fallback_remembered: route
+                    .remember
+                    .map(|_| f.fallbacks.with_label_values(&[ns, name, "remembered"])),
+                fallback_skip_primary: route
+                    .cut_over
+                    .iter()
+                    .any(|(_, rule)| *rule == crate::routes::CutOver::SkipPrimary)
+                    .then(|| f.fallbacks.with_label_values(&[ns, name, "skip_primary"])),
             }
         });
         RouteMetrics {
@@ -378,6 +419,8 @@ struct RouteSeries {
     fallback_error: IntCounter,
     skipped_body_too_large: IntCounter,
     skipped_budget: IntCounter,
+    fallback_remembered: Option<IntCounter>,
+    fallback_skip_primary: Option<IntCounter>,
 }
 
 fn slot(b: Answerer) -> usize {
@@ -444,6 +487,20 @@ impl RouteMetrics {
         self.series.local().fallback_error.inc();
     }
 
+    /// The request went straight to the fallback: its path was remembered.
+    pub fn fallback_remembered(&self) {
+        if let Some(c) = &self.series.local().fallback_remembered {
+            c.inc();
+        }
+    }
+
+    /// The request went straight to the fallback: a `skipPrimary` prefix.
+    pub fn fallback_skip_primary(&self) {
+        if let Some(c) = &self.series.local().fallback_skip_primary {
+            c.inc();
+        }
+    }
+
     /// The request would have gone on, but its body was over `maxReplayBytes`.
     pub fn fallback_skipped_body_too_large(&self) {
         self.series.local().skipped_body_too_large.inc();
@@ -460,6 +517,30 @@ impl RouteMetrics {
             started,
             histogram: self.series.local().request_duration.clone(),
         }
+    }
+}
+
+/// One route's remembered-paths gauge and eviction counters.
+pub struct RememberedMetrics {
+    paths: prometheus::IntGauge,
+    /// expired, capacity, forgotten.
+    evictions: [IntCounter; 3],
+}
+
+impl RememberedMetrics {
+    /// How many paths the route remembers now.
+    pub fn set_len(&self, len: usize) {
+        self.paths.set(len as i64);
+    }
+
+    /// A remembered path was dropped for `reason` (expired, capacity or forgotten).
+    pub fn evicted(&self, reason: &str) {
+        let i = match reason {
+            "expired" => 0,
+            "capacity" => 1,
+            _ => 2,
+        };
+        self.evictions[i].inc();
     }
 }
 

@@ -265,6 +265,15 @@ impl UpstreamBody {
         }
     }
 
+    /// The client's body, sent once as it arrives: for a request no other backend will
+    /// be asked.
+    pub fn once(body: Option<ClientRequestBody>) -> Self {
+        match body.filter(|b| !b.is_end_stream()) {
+            Some(body) => UpstreamBody::stream(VecDeque::new(), body),
+            None => UpstreamBody::empty(),
+        }
+    }
+
     fn full(chunks: Vec<Bytes>, len: u64, trailers: Option<HeaderMap>, held: Held) -> Self {
         UpstreamBody {
             kind: UpstreamKind::Full {

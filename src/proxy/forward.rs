@@ -25,7 +25,7 @@ use super::h1::inbound::H1BodyError;
 use super::rescue::ProxyError;
 use super::upstream::{self, ResponseBody};
 use super::{ConnInfo, Limits, RouteRuntime};
-use crate::routes::{Answerer, Backend, Endpoint, Protocol, Route};
+use crate::routes::{Answerer, Backend, CutOver, Endpoint, Protocol, Route};
 
 /// How a routed request is to be forwarded.
 pub(super) struct How<'p> {
@@ -33,8 +33,10 @@ pub(super) struct How<'p> {
     pub started: Instant,
     pub limits: &'p Limits,
     pub budget: &'p Arc<ReplayBudget>,
-    /// The normalised path the request was routed on, when it differs from the one sent.
-    pub rewritten_path: Option<String>,
+    /// The normalised path the request was routed on.
+    pub path: &'p str,
+    /// Whether `path` differs from the one the client sent: then upstreams get `path`.
+    pub rewritten: bool,
 }
 
 /// How much of a primary's "not found" body is read so its connection can be reused
@@ -58,8 +60,39 @@ pub(super) async fn forward(
         .as_ref()
         .is_none_or(http_body::Body::is_end_stream);
     let (parts, body) = req.into_parts();
-    let head = prepare_head(parts, fields, conn, upgrade, how.rewritten_path);
+    let head = prepare_head(
+        parts,
+        fields,
+        conn,
+        upgrade,
+        how.rewritten.then(|| how.path.to_owned()),
+    );
     let read_idle = how.limits.upstream_read_timeout;
+    let rule = route.cut_over(how.path);
+    let direct = match rule {
+        Some(CutOver::SkipPrimary) => Some(Direct::SkipPrimary),
+        Some(CutOver::PrimaryOnly) => None,
+        None => rt
+            .remembered
+            .as_ref()
+            .filter(|memory| memory.recall(how.path, started))
+            .map(|_| Direct::Remembered),
+    };
+    if let Some(direct) = direct {
+        let body = if bodyless {
+            UpstreamBody::empty()
+        } else {
+            UpstreamBody::once(body)
+        };
+        let straight = Straight {
+            direct,
+            path: how.path,
+            started,
+            read_idle,
+        };
+        return Box::pin(straight_to_fallback(rt, route, &head, body, straight)).await;
+    }
+    let primary_only = rule == Some(CutOver::PrimaryOnly);
 
     let limit = route.max_replay_bytes;
     let body = match body {
@@ -101,7 +134,12 @@ pub(super) async fn forward(
         Err(err) => Err(err),
     };
     // Matched one value at a time: a tuple of the three would copy each into it.
-    match after_primary(route, primary_outcome(&primary), replay.is_some()) {
+    match after_primary(
+        route,
+        primary_outcome(&primary),
+        replay.is_some(),
+        primary_only,
+    ) {
         Next::Fallback(trigger) => {
             let Some(replay) = replay else {
                 // `after_primary` only falls back on a replayable body.
@@ -114,10 +152,13 @@ pub(super) async fn forward(
             match primary {
                 // Boxed: a primary hit, the hot path, then moves a much smaller future.
                 Ok(primary) => {
-                    Box::pin(fall_back(
-                        rt, route, &head, primary, replay, read_idle, started,
-                    ))
-                    .await
+                    let straight = Straight {
+                        direct: Direct::Remembered,
+                        path: how.path,
+                        started,
+                        read_idle,
+                    };
+                    Box::pin(fall_back(rt, route, &head, primary, replay, straight)).await
                 }
                 Err(_) => {
                     let resp = Box::pin(send_fallback(rt, route, &head, replay, read_idle)).await?;
@@ -180,8 +221,12 @@ enum Trigger {
 }
 
 /// The policy after the primary, pure: a `fallbackOn` status, or an unreachable primary
-/// with `fallbackOnError`, sends the request on when its body can be replayed.
-fn after_primary(route: &Route, outcome: Outcome, replayable: bool) -> Next {
+/// with `fallbackOnError`, sends the request on when its body can be replayed, unless
+/// the path is `primaryOnly`.
+fn after_primary(route: &Route, outcome: Outcome, replayable: bool, primary_only: bool) -> Next {
+    if primary_only {
+        return Next::Primary;
+    }
     let trigger = match outcome {
         Outcome::Status(status) if route.falls_back_on(status) => Trigger::Status,
         Outcome::Unreachable if route.fallback_on_error => Trigger::Unreachable,
@@ -205,18 +250,66 @@ fn after_fallback(route: &Route, status: u16) -> Answerer {
     }
 }
 
+/// Why a request skips the primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direct {
+    /// Its path is remembered: the primary did not serve it recently.
+    Remembered,
+    /// A `skipPrimary` prefix.
+    SkipPrimary,
+}
+
+/// What the fallback's attempt needs to know of the request besides its head.
+struct Straight<'p> {
+    direct: Direct,
+    /// The normalised path, as remembered.
+    path: &'p str,
+    started: Instant,
+    read_idle: std::time::Duration,
+}
+
+/// A request that skips the primary: its body streams to the fallback as it comes.
+async fn straight_to_fallback(
+    rt: &RouteRuntime,
+    route: &Route,
+    head: &UpstreamHead,
+    body: UpstreamBody,
+    how: Straight<'_>,
+) -> Result<Response<ClientBody>, ProxyError> {
+    match how.direct {
+        Direct::Remembered => rt.metrics.fallback_remembered(),
+        Direct::SkipPrimary => rt.metrics.fallback_skip_primary(),
+    }
+    let fallback = send_fallback(rt, route, head, body, how.read_idle).await?;
+    if how.direct == Direct::Remembered && route.falls_back_on(fallback.status().as_u16()) {
+        // The new app does not serve it either (any more): ask the primary next time.
+        if let Some(memory) = &rt.remembered {
+            memory.forget(how.path);
+        }
+    }
+    Ok(respond(rt, Answerer::Fallback, fallback, how.started))
+}
+
 /// The primary answered a `fallbackOn` status: the same request goes to the fallback.
+/// When the fallback serves it and the route remembers fallbacks, the path is
+/// remembered.
 async fn fall_back(
     rt: &RouteRuntime,
     route: &Route,
     head: &UpstreamHead,
     primary: Response<ResponseBody>,
     replay: UpstreamBody,
-    read_idle: std::time::Duration,
-    started: Instant,
+    how: Straight<'_>,
 ) -> Result<Response<ClientBody>, ProxyError> {
     let kept = keep_primary_answer(route, primary).await;
-    let fallback = send_fallback(rt, route, head, replay, read_idle).await?;
+    let fallback = send_fallback(rt, route, head, replay, how.read_idle).await?;
+    let served = !route.falls_back_on(fallback.status().as_u16());
+    if served {
+        if let Some(memory) = &rt.remembered {
+            memory.remember(how.path, how.started);
+        }
+    }
+    let started = how.started;
     match (after_fallback(route, fallback.status().as_u16()), kept) {
         (Answerer::Primary, Some(kept)) => Ok(respond_kept(rt, kept, started)),
         _ => Ok(respond(rt, Answerer::Fallback, fallback, started)),
@@ -530,7 +623,17 @@ mod tests {
             let mut route = mk_route("r", &[], &["/"]);
             route.fallback_on = statuses.to_vec();
             route.fallback_on_error = *on_error;
-            assert_eq!(after_primary(&route, *outcome, *replayable), *want, "{why}");
+            assert_eq!(
+                after_primary(&route, *outcome, *replayable, false),
+                *want,
+                "{why}"
+            );
+            // A primaryOnly path takes the primary's answer whatever it is.
+            assert_eq!(
+                after_primary(&route, *outcome, *replayable, true),
+                Primary,
+                "primaryOnly: {why}"
+            );
         }
     }
 

@@ -15,9 +15,11 @@ mod forward;
 pub mod h1;
 pub mod listener;
 pub mod path;
+pub mod remembered;
 pub mod rescue;
 mod upstream;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -43,6 +45,9 @@ pub struct Snapshot {
 /// Per-route request-time state, parallel to the table's routes.
 struct RouteRuntime {
     metrics: Arc<RouteMetrics>,
+    /// The paths sent straight to the fallback, with `rememberFallbacks`; carried over
+    /// to the next table while the route's spec stays the same.
+    remembered: Option<Arc<remembered::Remembered>>,
     /// Round-robin position per backend (primary, fallback), per worker like nginx's.
     turns: PerWorker<[AtomicUsize; 2]>,
 }
@@ -162,12 +167,33 @@ impl Proxy {
                 }
             }
         }
+        let previous = self.snapshot.all().next().map(|copy| copy.load_full());
+        let kept: HashMap<String, (&crate::routes::Route, &RouteRuntime)> = previous
+            .iter()
+            .flat_map(|p| p.0.table.routes().iter().zip(&p.0.runtimes))
+            .map(|(route, rt)| (route.key(), (route, rt)))
+            .collect();
         let runtimes = table
             .routes()
             .iter()
-            .map(|route| RouteRuntime {
-                metrics: Arc::new(self.metrics.route(route)),
-                turns: self.snapshot.map(|_| Default::default()),
+            .map(|route| {
+                let before = kept.get(&route.key());
+                let remembered = route.remember.map(|remember| {
+                    match before.and_then(|(old, rt)| {
+                        rt.remembered.clone().filter(|_| old.same_spec(route))
+                    }) {
+                        Some(memory) => memory,
+                        None => Arc::new(remembered::Remembered::new(
+                            remember,
+                            self.metrics.remembered(route),
+                        )),
+                    }
+                });
+                RouteRuntime {
+                    metrics: Arc::new(self.metrics.route(route)),
+                    remembered,
+                    turns: self.snapshot.map(|_| Default::default()),
+                }
             })
             .collect();
         let snapshot = Arc::new(Snapshot { table, runtimes });
@@ -201,7 +227,10 @@ impl Proxy {
             Ok(None) => "",
             Err(err) => return self.unrouted(&err),
         };
-        let target = req.uri().path();
+        // A clone shares the URI's bytes: the routed path outlives the request, which
+        // moves on upstream, for what the route remembers and records of it.
+        let uri = req.uri().clone();
+        let target = uri.path();
         let routed = if target == "*" {
             // OPTIONS *: the server itself, routed as its root.
             std::borrow::Cow::Borrowed("/")
@@ -219,15 +248,12 @@ impl Proxy {
         if route.redirect_to_https && conn.proto == "http" {
             return https_redirect(&req, host);
         }
-        let rewritten = match routed {
-            std::borrow::Cow::Owned(path) => Some(path),
-            std::borrow::Cow::Borrowed(_) => None,
-        };
         let how = forward::How {
             started,
             limits: &self.limits,
             budget: &self.budget,
-            rewritten_path: rewritten,
+            path: &routed,
+            rewritten: matches!(routed, std::borrow::Cow::Owned(_)),
         };
         match forward::forward(route, rt, req, fields, conn, how).await {
             // Timed by `forward` as it built the answer: mapping it here would copy it.

@@ -52,6 +52,7 @@ pub struct BackendBuilder {
     default: Answer,
     rules: Vec<(String, Answer)>,
     hold: Option<(Arc<Notify>, Arc<Notify>)>,
+    forced: Option<Arc<std::sync::atomic::AtomicU16>>,
 }
 
 pub fn backend(name: &str) -> BackendBuilder {
@@ -65,6 +66,7 @@ pub fn backend(name: &str) -> BackendBuilder {
         },
         rules: Vec::new(),
         hold: None,
+        forced: None,
     }
 }
 
@@ -113,6 +115,13 @@ impl BackendBuilder {
     /// Signal `arrived` when a request arrives, then answer only once `release` is notified.
     pub fn hold(mut self, arrived: Arc<Notify>, release: Arc<Notify>) -> Self {
         self.hold = Some((arrived, release));
+        self
+    }
+
+    /// While `status` holds a non-zero status, answer everything with it: a backend
+    /// whose answers change during a test.
+    pub fn forced(mut self, status: Arc<std::sync::atomic::AtomicU16>) -> Self {
+        self.forced = Some(status);
         self
     }
 
@@ -185,8 +194,13 @@ impl BackendBuilder {
             }
             None => Full::new(answer.body.clone()).boxed(),
         };
+        let forced = self
+            .forced
+            .as_ref()
+            .map(|f| f.load(std::sync::atomic::Ordering::SeqCst))
+            .filter(|s| *s != 0);
         Response::builder()
-            .status(answer.status)
+            .status(forced.unwrap_or(answer.status))
             .header("x-backend", &self.name)
             .body(body)
             .unwrap()

@@ -144,6 +144,14 @@ pub struct RunArgs {
     /// fallthrough_fallbacks_skipped_total{reason="replay_budget"}).
     #[arg(long, env = "FALLTHROUGH_MAX_REPLAY_BUFFER", default_value_t = 256 * 1024 * 1024)]
     pub max_replay_buffer: u64,
+    /// Paths kept per route in each class of the paths report (legacy, migrated,
+    /// missing): `GET /paths` on the admin port, `fallthrough paths`.
+    #[arg(long, env = "FALLTHROUGH_PATHS_TOP", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub paths_top: u32,
+    /// Bytes the paths report's sketches may hold together, over all routes; when it is
+    /// spent, requests are still counted but new paths are not listed.
+    #[arg(long, env = "FALLTHROUGH_PATHS_MEMORY", default_value_t = 64 * 1024 * 1024)]
+    pub paths_memory: usize,
     /// Default lifetime of an idle upstream keep-alive connection (routes may override).
     #[arg(long, env = "FALLTHROUGH_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,

@@ -17,6 +17,7 @@ use tracing_subscriber::EnvFilter;
 use crate::admin::{self, Readiness};
 use crate::cli::{LogFormat, RunArgs};
 use crate::index::cluster::IndexOptions;
+use crate::insight::recorder::Insight;
 use crate::metrics::Metrics;
 use crate::provider::files::{self, RouteFileError};
 use crate::provider::kube::ControllerOptions;
@@ -138,7 +139,12 @@ async fn serve_files(args: RunArgs, path: PathBuf) -> Result<(), RunError> {
     let defaults = args.default_timeouts();
     let metrics = Arc::new(Metrics::new(args.workers()));
     let readiness = Arc::new(Readiness::default());
-    let proxy = Proxy::new(metrics.clone(), args.limits(), args.workers());
+    let insight = Insight::new(
+        args.paths_top as usize,
+        args.paths_memory,
+        default_identity(),
+    );
+    let proxy = Proxy::new(metrics.clone(), insight, args.limits(), args.workers());
 
     let default_cert = DefaultCert::from_args(&args)?;
     let loaded = files::load(&path, defaults).map_err(|errors| {
@@ -313,9 +319,10 @@ async fn serve_cluster(args: RunArgs) -> Result<(), RunError> {
     let client = kube_client(&args).await?;
     let metrics = Arc::new(Metrics::new(args.workers()));
     let readiness = Arc::new(Readiness::default());
-    let proxy = Proxy::new(metrics.clone(), args.limits(), args.workers());
-    let (http, admin) = bind_both(&args).await?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let insight = Insight::new(args.paths_top as usize, args.paths_memory, identity.clone());
+    let proxy = Proxy::new(metrics.clone(), insight, args.limits(), args.workers());
+    let (http, admin) = bind_both(&args).await?;
     let options = ControllerOptions {
         index: IndexOptions {
             ingress_class: args.ingress_class.clone(),
@@ -361,8 +368,11 @@ async fn serve_until_stopped(
     tokio::spawn(stop_on_signals(readiness.clone(), stop_tx)?);
     let admin_task = tokio::spawn(admin::serve(
         admin,
-        metrics.clone(),
-        readiness,
+        admin::Sources {
+            metrics: metrics.clone(),
+            readiness,
+            insight: proxy.insight(),
+        },
         // Probes must keep answering while draining (/readyz 503, /healthz 200): the
         // admin server lives until the process exits.
         std::future::pending::<()>(),

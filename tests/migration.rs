@@ -269,3 +269,86 @@ fn fallthrough_check_explains_a_bad_cut_over() {
         "{err}"
     );
 }
+
+/// `GET /paths` as (class, path, count) rows of one route, and the route's requests.
+async fn paths_rows(ft: &Fallthrough, query: &str) -> (u64, Vec<(String, String, u64)>) {
+    let (status, _, body) = get(ft.admin, &format!("/paths?{query}")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let report: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let route = &report["routes"][0];
+    let mut rows = Vec::new();
+    for class in route["classes"].as_array().unwrap() {
+        for path in class["paths"].as_array().unwrap() {
+            rows.push((
+                class["class"].as_str().unwrap().to_string(),
+                path["path"].as_str().unwrap().to_string(),
+                path["count"].as_u64().unwrap(),
+            ));
+        }
+    }
+    (route["requests"].as_u64().unwrap(), rows)
+}
+
+#[tokio::test]
+async fn the_paths_report_says_which_app_serves_which_path() {
+    let php = backend("php")
+        .status(404)
+        .on("/old", 200, "legacy")
+        .start()
+        .await;
+    let py = backend("py")
+        .on("/gone", 404, "no")
+        .body("python")
+        .start()
+        .await;
+    let ft = Fallthrough::start(&route(
+        "shop",
+        &php.url(),
+        &py.url(),
+        "  skipPrimary: [/blog]\n",
+    ))
+    .await;
+
+    for path in [
+        "/old",
+        "/old?x=1",
+        "/old/../old",
+        "/old/page",
+        "/new",
+        "/new?y",
+        "/gone",
+        "/blog/a",
+    ] {
+        ft.get(path).await;
+    }
+    let row = |c: &str, p: &str, n: u64| (c.to_string(), p.to_string(), n);
+    let (requests, rows) = paths_rows(&ft, "route=web/shop").await;
+    assert_eq!(requests, 8);
+    assert_eq!(
+        rows,
+        [
+            row("legacy", "/old", 3),
+            row("legacy", "/old/page", 1),
+            row("migrated", "/new", 2),
+            row("migrated", "/blog/a", 1),
+            row("missing", "/gone", 1),
+        ],
+        "normalised as routed, the query string dropped"
+    );
+    let (_, rows) = paths_rows(&ft, "class=legacy&limit=1").await;
+    assert_eq!(rows, [row("legacy", "/old", 3)]);
+
+    let (status, _, body) = get(ft.admin, "/paths?class=old").await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("use legacy, migrated or missing"));
+
+    let (status, _, body) = get(ft.admin, "/traffic").await;
+    assert_eq!(status, 200);
+    let traffic: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(traffic["routes"][0]["route"], "web/shop");
+    assert_eq!(traffic["routes"][0]["requests"], 8);
+    assert_eq!(
+        traffic["routes"][0]["fallback"], 4,
+        "/new twice, /gone, /blog/a"
+    );
+}

@@ -224,3 +224,73 @@ fn fastcgi_and_tls_blocks_are_checked() {
     s.primary.tls = Some(BackendTlsSpec::default());
     assert!(check(&s).unwrap_err().to_string().contains("https://"));
 }
+
+#[test]
+fn cut_over_prefixes_are_normalised_longest_first_and_exclusive() {
+    let mut s = valid();
+    s.skip_primary = vec!["/blog/".into(), "/wp-admin/new".into()];
+    s.primary_only = vec!["/wp-admin".into()];
+    let route = check(&s).unwrap();
+    assert_eq!(
+        route.cut_over,
+        [
+            ("/wp-admin/new".to_string(), CutOver::SkipPrimary),
+            ("/wp-admin".to_string(), CutOver::PrimaryOnly),
+            ("/blog".to_string(), CutOver::SkipPrimary),
+        ]
+    );
+    assert_eq!(
+        route.cut_over("/wp-admin/new/x"),
+        Some(CutOver::SkipPrimary)
+    );
+    assert_eq!(
+        route.cut_over("/wp-admin/login"),
+        Some(CutOver::PrimaryOnly)
+    );
+    assert_eq!(route.cut_over("/blogger"), None, "segment-aware");
+
+    for (skip, only, says) in [
+        (vec!["blog"], vec![], "not a path prefix"),
+        (vec!["/a", "/a/"], vec![], "listed twice"),
+        (
+            vec!["/a"],
+            vec!["/a"],
+            "in both skipPrimary and primaryOnly",
+        ),
+    ] {
+        let mut s = valid();
+        s.skip_primary = skip.into_iter().map(String::from).collect();
+        s.primary_only = only.into_iter().map(String::from).collect();
+        let err = check(&s).unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
+    }
+}
+
+#[test]
+fn remember_fallbacks_defaults_and_limits() {
+    let mut s = valid();
+    s.remember_fallbacks = Some(crate::api::RememberFallbacks::default());
+    let remember = check(&s).unwrap().remember.unwrap();
+    assert_eq!(remember.ttl, Duration::from_secs(3600));
+    assert_eq!(remember.max_paths, 10_000);
+    for (ttl, max, says) in [
+        (
+            Some("soon"),
+            None,
+            "rememberFallbacks.ttl \"soon\": not a duration",
+        ),
+        (Some("0s"), None, "not a duration"),
+        (
+            None,
+            Some(0),
+            "rememberFallbacks.maxPaths \"0\": must be from 1 to 1000000",
+        ),
+    ] {
+        s.remember_fallbacks = Some(crate::api::RememberFallbacks {
+            ttl: ttl.map(String::from),
+            max_paths: max,
+        });
+        let err = check(&s).unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
+    }
+}

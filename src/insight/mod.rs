@@ -6,6 +6,8 @@
 //! replicas, which `fallthrough paths` prints and the status writer sums.
 
 pub mod distinct;
+pub mod recorder;
 pub mod report;
+pub mod sketch;
 
 pub use report::Class;

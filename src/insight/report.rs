@@ -47,6 +47,26 @@ pub struct PathsReport {
     pub routes: Vec<RoutePaths>,
 }
 
+impl PathsReport {
+    /// Keeps only route `route` (`namespace/name`), class `class`, and the first
+    /// `limit` paths of each class, where given.
+    pub fn filter(&mut self, route: Option<&str>, class: Option<Class>, limit: Option<usize>) {
+        if let Some(route) = route {
+            self.routes.retain(|r| r.route == route);
+        }
+        for r in &mut self.routes {
+            if let Some(class) = class {
+                r.classes.retain(|c| c.class == class);
+            }
+            if let Some(limit) = limit {
+                for c in &mut r.classes {
+                    c.paths.truncate(limit);
+                }
+            }
+        }
+    }
+}
+
 /// One route's report.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]

@@ -25,6 +25,7 @@ use super::h1::inbound::H1BodyError;
 use super::rescue::ProxyError;
 use super::upstream::{self, ResponseBody};
 use super::{ConnInfo, Limits, RouteRuntime};
+use crate::insight::Class;
 use crate::routes::{Answerer, Backend, CutOver, Endpoint, Protocol, Route};
 
 /// How a routed request is to be forwarded.
@@ -68,6 +69,10 @@ pub(super) async fn forward(
         how.rewritten.then(|| how.path.to_owned()),
     );
     let read_idle = how.limits.upstream_read_timeout;
+    let at = Routed {
+        path: how.path,
+        started,
+    };
     let rule = route.cut_over(how.path);
     let direct = match rule {
         Some(CutOver::SkipPrimary) => Some(Direct::SkipPrimary),
@@ -86,8 +91,7 @@ pub(super) async fn forward(
         };
         let straight = Straight {
             direct,
-            path: how.path,
-            started,
+            at,
             read_idle,
         };
         return Box::pin(straight_to_fallback(rt, route, &head, body, straight)).await;
@@ -143,7 +147,7 @@ pub(super) async fn forward(
         Next::Fallback(trigger) => {
             let Some(replay) = replay else {
                 // `after_primary` only falls back on a replayable body.
-                return primary.map(|resp| respond(rt, Answerer::Primary, resp, started));
+                return primary.map(|resp| respond(rt, route, Answerer::Primary, resp, at, false));
             };
             match trigger {
                 Trigger::Status => rt.metrics.fallback_on_status(),
@@ -154,23 +158,22 @@ pub(super) async fn forward(
                 Ok(primary) => {
                     let straight = Straight {
                         direct: Direct::Remembered,
-                        path: how.path,
-                        started,
+                        at,
                         read_idle,
                     };
                     Box::pin(fall_back(rt, route, &head, primary, replay, straight)).await
                 }
                 Err(_) => {
                     let resp = Box::pin(send_fallback(rt, route, &head, replay, read_idle)).await?;
-                    Ok(respond(rt, Answerer::Fallback, resp, started))
+                    Ok(respond(rt, route, Answerer::Fallback, resp, at, false))
                 }
             }
         }
         Next::Skipped => {
             skipped();
-            primary.map(|resp| respond(rt, Answerer::Primary, resp, started))
+            primary.map(|resp| respond(rt, route, Answerer::Primary, resp, at, true))
         }
-        Next::Primary => primary.map(|resp| respond(rt, Answerer::Primary, resp, started)),
+        Next::Primary => primary.map(|resp| respond(rt, route, Answerer::Primary, resp, at, false)),
     }
 }
 
@@ -262,9 +265,8 @@ enum Direct {
 /// What the fallback's attempt needs to know of the request besides its head.
 struct Straight<'p> {
     direct: Direct,
-    /// The normalised path, as remembered.
-    path: &'p str,
-    started: Instant,
+    /// The normalised path (as remembered) and when the request came.
+    at: Routed<'p>,
     read_idle: std::time::Duration,
 }
 
@@ -284,10 +286,17 @@ async fn straight_to_fallback(
     if how.direct == Direct::Remembered && route.falls_back_on(fallback.status().as_u16()) {
         // The new app does not serve it either (any more): ask the primary next time.
         if let Some(memory) = &rt.remembered {
-            memory.forget(how.path);
+            memory.forget(how.at.path);
         }
     }
-    Ok(respond(rt, Answerer::Fallback, fallback, how.started))
+    Ok(respond(
+        rt,
+        route,
+        Answerer::Fallback,
+        fallback,
+        how.at,
+        false,
+    ))
 }
 
 /// The primary answered a `fallbackOn` status: the same request goes to the fallback.
@@ -306,13 +315,13 @@ async fn fall_back(
     let served = !route.falls_back_on(fallback.status().as_u16());
     if served {
         if let Some(memory) = &rt.remembered {
-            memory.remember(how.path, how.started);
+            memory.remember(how.at.path, how.at.started);
         }
     }
-    let started = how.started;
+    let at = how.at;
     match (after_fallback(route, fallback.status().as_u16()), kept) {
-        (Answerer::Primary, Some(kept)) => Ok(respond_kept(rt, kept, started)),
-        _ => Ok(respond(rt, Answerer::Fallback, fallback, started)),
+        (Answerer::Primary, Some(kept)) => Ok(respond_kept(rt, kept, at)),
+        _ => Ok(respond(rt, route, Answerer::Fallback, fallback, at, false)),
     }
 }
 
@@ -492,14 +501,37 @@ async fn send(
     Err(err)
 }
 
+/// What a request's answer is recorded under: its routed path, and when it came.
+#[derive(Clone, Copy)]
+struct Routed<'p> {
+    path: &'p str,
+    started: Instant,
+}
+
 /// Streams an upstream response to the client; a 101's body is the tunnel to the
 /// upstream connection, which the client's server opens once the head is written.
+/// `skipped`: a `fallbackOn` answer of the primary that could not be replayed, which no
+/// class of the paths report claims.
 fn respond(
     rt: &RouteRuntime,
+    route: &Route,
     backend: Answerer,
     resp: Response<ResponseBody>,
-    started: Instant,
+    at: Routed<'_>,
+    skipped: bool,
 ) -> Response<ClientBody> {
+    let not_served = route.falls_back_on(resp.status().as_u16());
+    let class = match backend {
+        Answerer::Fallback if not_served => Some(Class::Missing),
+        Answerer::Fallback => Some(Class::Migrated),
+        Answerer::Primary if !not_served => Some(Class::Legacy),
+        // A `primaryOnly` path's final "not found".
+        Answerer::Primary if !skipped => Some(Class::Missing),
+        Answerer::Primary => None,
+    };
+    rt.record
+        .record(at.path, class, backend == Answerer::Fallback, at.started);
+    let started = at.started;
     let (parts, body) = resp.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     let body = if switching {
@@ -520,7 +552,11 @@ fn respond(
     resp
 }
 
-fn respond_kept(rt: &RouteRuntime, kept: KeptAnswer, started: Instant) -> Response<ClientBody> {
+/// The primary's kept "not found", after the fallback's: a path neither app serves.
+fn respond_kept(rt: &RouteRuntime, kept: KeptAnswer, at: Routed<'_>) -> Response<ClientBody> {
+    rt.record
+        .record(at.path, Some(Class::Missing), false, at.started);
+    let started = at.started;
     let KeptAnswer {
         mut parts,
         prefix,

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Method, Request, Response, Version};
 
+use crate::insight::recorder::{Insight, RouteRecord};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::routes::RouteTable;
 use crate::shard::{CacheLine, PerWorker};
@@ -48,6 +49,8 @@ struct RouteRuntime {
     /// The paths sent straight to the fallback, with `rememberFallbacks`; carried over
     /// to the next table while the route's spec stays the same.
     remembered: Option<Arc<remembered::Remembered>>,
+    /// Its paths report and running totals, kept for as long as the route is served.
+    record: Arc<RouteRecord>,
     /// Round-robin position per backend (primary, fallback), per worker like nginx's.
     turns: PerWorker<[AtomicUsize; 2]>,
 }
@@ -133,12 +136,18 @@ pub struct Proxy {
     /// workers write one cache line on every request.
     snapshot: PerWorker<ArcSwap<CacheLine<Arc<Snapshot>>>>,
     metrics: Arc<Metrics>,
+    insight: Arc<Insight>,
 }
 
 impl Proxy {
     /// A proxy for `workers` data-plane threads, serving an empty table: every request
     /// gets 404 until routes are published.
-    pub fn new(metrics: Arc<Metrics>, limits: Limits, workers: usize) -> Arc<Self> {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        insight: Arc<Insight>,
+        limits: Limits,
+        workers: usize,
+    ) -> Arc<Self> {
         let empty = Arc::new(Snapshot {
             table: RouteTable::default(),
             runtimes: Vec::new(),
@@ -149,6 +158,7 @@ impl Proxy {
             certs: Arc::default(),
             snapshot: PerWorker::new(workers, || ArcSwap::from_pointee(CacheLine(empty.clone()))),
             metrics,
+            insight,
         })
     }
 
@@ -192,10 +202,13 @@ impl Proxy {
                 RouteRuntime {
                     metrics: Arc::new(self.metrics.route(route)),
                     remembered,
+                    record: self.insight.route(&route.key()),
                     turns: self.snapshot.map(|_| Default::default()),
                 }
             })
             .collect();
+        self.insight
+            .retain(&table.routes().iter().map(|r| r.key()).collect());
         let snapshot = Arc::new(Snapshot { table, runtimes });
         for copy in self.snapshot.all() {
             copy.store(Arc::new(CacheLine(snapshot.clone())));
@@ -266,6 +279,7 @@ impl Proxy {
                 );
                 let resp = rescue(&err);
                 rt.metrics.own_response(resp.status().as_str());
+                rt.record.record("", None, false, started);
                 resp.map(|b| b.timed(rt.metrics.request_timer(started)))
             }
         }
@@ -292,6 +306,11 @@ impl Proxy {
     /// Counts a failed TLS handshake.
     pub fn handshake_failed(&self, reason: &str) {
         self.metrics.handshake_failed(reason);
+    }
+
+    /// The paths report and running totals of every route served.
+    pub fn insight(&self) -> Arc<Insight> {
+        self.insight.clone()
     }
 
     /// The limits this proxy was built with.

@@ -98,6 +98,8 @@ fn answer<B>(req: &Request<B>, sources: &Sources) -> Response<Full<Bytes>> {
         },
         "/traffic" => json(&sources.insight.traffic()),
         "/metrics" => {
+            let (used, limit) = sources.insight.memory();
+            sources.metrics.paths_report_memory(used, limit);
             let mut resp = Response::new(Full::new(Bytes::from(sources.metrics.encode())));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -52,6 +52,8 @@ pub struct Metrics {
     tls_handshake_errors: IntCounterVec,
     remembered_paths: prometheus::IntGaugeVec,
     remembered_evictions: IntCounterVec,
+    paths_memory: IntGauge,
+    paths_memory_limit: IntGauge,
 }
 
 fn counter_family(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -276,8 +278,24 @@ impl Metrics {
                 "Remembered paths dropped, by reason (expired: the ttl ended; capacity: maxPaths was reached, least recently used first; forgotten: the fallback answered a fallbackOn status for it).",
                 &["namespace", "route", "reason"],
             ),
+            paths_memory: gauge(
+                &r,
+                "fallthrough_paths_report_bytes",
+                "Bytes the paths report's sketches hold, over all routes (path keys and entries).",
+            ),
+            paths_memory_limit: gauge(
+                &r,
+                "fallthrough_paths_report_limit_bytes",
+                "--paths-memory: past it, requests are still counted but new paths are not listed.",
+            ),
             registry: r,
         }
+    }
+
+    /// What the paths report holds, and may hold; set before each scrape.
+    pub fn paths_report_memory(&self, used: usize, limit: usize) {
+        self.paths_memory.set(used as i64);
+        self.paths_memory_limit.set(limit as i64);
     }
 
     /// The remembered-fallback series of one route with `rememberFallbacks`.

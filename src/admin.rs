@@ -136,14 +136,10 @@ impl PathsQuery {
             match key.as_ref() {
                 "route" => out.route = Some(value.into_owned()),
                 "class" => {
-                    out.class = Some(
-                        Class::ALL
-                            .into_iter()
-                            .find(|c| c.as_str() == value)
-                            .ok_or_else(|| {
-                                format!("class={value} is not a class: use legacy, migrated or missing\n")
-                            })?,
-                    )
+                    let class = Class::from_name(&value).ok_or_else(|| {
+                        format!("class={value} is not a class: use legacy, migrated or missing\n")
+                    })?;
+                    out.class = Some(class);
                 }
                 "limit" => {
                     out.limit = Some(value.parse().map_err(|_| {

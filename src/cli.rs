@@ -35,6 +35,42 @@ pub enum Command {
     },
     /// Print the FallbackRoute CustomResourceDefinition as YAML.
     Crd,
+    /// Which paths each app serves, per route, merged over every replica: legacy (the
+    /// old app still serves them), migrated (the new app does), missing (neither).
+    Paths(PathsArgs),
+}
+
+/// Flags of `fallthrough paths`.
+#[derive(clap::Args, Debug)]
+pub struct PathsArgs {
+    /// A replica's admin URL, e.g. http://10.0.0.7:9090; repeat for each replica.
+    /// Without it, the replicas are found in the cluster.
+    #[arg(long)]
+    pub admin: Vec<String>,
+    /// Print the merged report as JSON (the shape of GET /paths).
+    #[arg(long)]
+    pub json: bool,
+    /// Only this route, as namespace/name.
+    #[arg(long)]
+    pub route: Option<String>,
+    /// Only this class: legacy, migrated or missing.
+    #[arg(long, value_parser = crate::insight::command::parse_class)]
+    pub class: Option<crate::insight::Class>,
+    /// Paths shown per class and route.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Cluster: kubeconfig file (default: in-cluster config, then ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Cluster: the namespace fallthrough runs in (default: the kubeconfig's).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Cluster: label selector of the fallthrough pods.
+    #[arg(long, default_value = "app.kubernetes.io/name=fallthrough")]
+    pub selector: String,
+    /// Cluster: the pods' admin port, by name or number.
+    #[arg(long, default_value = "admin")]
+    pub port: String,
 }
 
 /// Log output format.

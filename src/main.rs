@@ -14,6 +14,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => fallthrough::run::run(*args)?,
         Command::Check { routes } => fallthrough::run::check(&routes)?,
         Command::Crd => print!("{}", fallthrough::run::crd_yaml()?),
+        Command::Paths(args) => fallthrough::insight::command::paths(args)?,
     }
     Ok(())
 }

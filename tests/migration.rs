@@ -352,3 +352,85 @@ async fn the_paths_report_says_which_app_serves_which_path() {
         "/new twice, /gone, /blog/a"
     );
 }
+
+#[tokio::test]
+async fn fallthrough_paths_merges_the_reports_of_two_replicas() {
+    let php = backend("php")
+        .status(404)
+        .on("/old", 200, "legacy")
+        .start()
+        .await;
+    let py = backend("py").start().await;
+    let shop = route("shop", &php.url(), &py.url(), "");
+    let (a, b) = (
+        Fallthrough::start(&shop).await,
+        Fallthrough::start(&shop).await,
+    );
+    for (ft, paths) in [
+        (&a, ["/old", "/old", "/new"]),
+        (&b, ["/old", "/new", "/new"]),
+    ] {
+        for p in paths {
+            ft.get(p).await;
+        }
+    }
+    let admin = |ft: &Fallthrough| format!("http://{}", ft.admin);
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fallthrough"))
+            .args(["paths", "--admin", &admin(&a), "--admin", &admin(&b)])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        (String::from_utf8(out.stdout).unwrap(), stderr)
+    };
+    let (json, progress) = run(&["--json"]);
+    assert_eq!(
+        progress
+            .lines()
+            .filter(|l| l.starts_with("read http://"))
+            .count(),
+        2,
+        "{progress}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["replicas"].as_array().unwrap().len(), 2);
+    let route = &report["routes"][0];
+    assert_eq!(
+        (route["route"].as_str(), route["requests"].as_u64()),
+        (Some("web/shop"), Some(6))
+    );
+    let counts: Vec<(&str, &str, u64)> = route["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| {
+            c["paths"].as_array().unwrap().iter().map(move |p| {
+                (
+                    c["class"].as_str().unwrap(),
+                    p["path"].as_str().unwrap(),
+                    p["count"].as_u64().unwrap(),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(counts, [("legacy", "/old", 3), ("migrated", "/new", 3)]);
+
+    let (table, _) = run(&["--class", "migrated"]);
+    assert!(
+        table.starts_with("web/shop  6 requests  migrated 50.0%\n"),
+        "{table}"
+    );
+    assert!(
+        table.contains("  migrated  /new          3   50.0%"),
+        "{table}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fallthrough"))
+        .args(["paths", "--admin", "ftp://x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give it like http://10.0.0.7:9090"));
+}

@@ -5,7 +5,9 @@
 //! Out: the `/paths` and `/traffic` admin reports ([`report`]), mergeable across
 //! replicas, which `fallthrough paths` prints and the status writer sums.
 
+pub mod command;
 pub mod distinct;
+pub mod merge;
 pub mod recorder;
 pub mod report;
 pub mod sketch;

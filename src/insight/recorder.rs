@@ -51,6 +51,11 @@ struct Counts {
     fallback: u64,
 }
 
+/// What a route's counts cost besides their sketches' entries (the counters, the three
+/// empty sketches, the 256-byte distinct sketch), charged to the budget, even past its
+/// limit, on the route's first request: the requests must be counted whatever happens.
+const ROUTE_OVERHEAD: usize = 1024;
+
 fn slot(class: Class) -> usize {
     match class {
         Class::Legacy => 0,
@@ -178,7 +183,8 @@ impl Shared {
 impl Drop for RouteRecord {
     fn drop(&mut self) {
         if let Some(counts) = lock(&self.counts).as_ref() {
-            let charged = counts.classes.iter().map(TopK::charged).sum();
+            let charged: usize = counts.classes.iter().map(TopK::charged).sum();
+            let charged = charged + ROUTE_OVERHEAD;
             self.shared.budget.give(charged);
         }
     }
@@ -190,6 +196,7 @@ impl RouteRecord {
     pub fn record(&self, path: &str, class: Option<Class>, by_fallback: bool, at: Instant) {
         let mut counts = lock(&self.counts);
         let counts = counts.get_or_insert_with(|| {
+            self.shared.budget.force(ROUTE_OVERHEAD);
             Box::new(Counts {
                 classes: [0; 3].map(|_| TopK::new(self.shared.top)),
                 legacy_paths: Distinct::default(),

@@ -25,6 +25,11 @@ impl Class {
     /// Every class, in report order.
     pub const ALL: [Class; 3] = [Class::Legacy, Class::Migrated, Class::Missing];
 
+    /// The class named `name` (as [`Class::as_str`] gives it).
+    pub fn from_name(name: &str) -> Option<Class> {
+        Class::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     /// The name used in JSON and in `?class=`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -344,6 +344,12 @@ mod tests {
     }
 
     #[test]
+    fn the_charge_per_entry_is_what_the_readme_says() {
+        assert_eq!(ENTRY_OVERHEAD, 96, "update the README's Memory paragraph");
+        assert_eq!((key_cost(1), key_cost(16), key_cost(17)), (16, 16, 32));
+    }
+
+    #[test]
     fn memory_stays_bounded_under_a_million_distinct_paths() {
         let k = 100;
         let budget = Budget::new(usize::MAX);

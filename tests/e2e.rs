@@ -867,3 +867,187 @@ async fn https_certificates_come_from_secrets_rotate_and_survive_a_bad_update() 
     );
     no_forbidden(&ft);
 }
+
+/// `fallthrough paths` in cluster mode: it lists the Running pods matching the selector
+/// and reads each one's /paths through the API server's pod proxy, saying which RBAC it
+/// lacks. The "replicas" are static /paths reports served from network namespaces.
+#[test]
+#[ignore = "needs root and the Go-built cluster binaries: run scripts/test"]
+fn paths_reads_every_replica_through_the_pod_proxy() {
+    let c = cluster();
+    let ns = namespace("paths");
+    let report = |replica: &str, paths: serde_json::Value, requests: u64| {
+        serde_json::json!({"replicas": [replica], "top": 100, "routes": [{
+        "route": "web/shop", "requests": requests, "classes": [
+            {"class": "legacy", "requests": requests, "floor": 0, "paths": paths}
+        ]}]})
+    };
+    let replicas = [
+        report(
+            "a",
+            serde_json::json!([{"path": "/old", "count": 3, "error": 0, "share": 1.0, "lastSeen": 1000}]),
+            3,
+        ),
+        report(
+            "b",
+            serde_json::json!([
+                {"path": "/old", "count": 1, "error": 0, "share": 0.5, "lastSeen": 2000},
+                {"path": "/x", "count": 1, "error": 0, "share": 0.5, "lastSeen": 1500}
+            ]),
+            2,
+        ),
+    ];
+    let dirs: Vec<tempfile::TempDir> = replicas
+        .iter()
+        .map(|r| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("paths"), r.to_string()).unwrap();
+            dir
+        })
+        .collect();
+    let servers: Vec<Pod> = dirs
+        .iter()
+        .map(|dir| {
+            let dir = dir.path().display().to_string();
+            let serve = [
+                "python3",
+                "-m",
+                "http.server",
+                "{port}",
+                "--bind",
+                "{ip}",
+                "--directory",
+            ];
+            let mut command = serve.to_vec();
+            command.push(&dir);
+            Pod::start_ready(9090, &command, Some("/paths"))
+        })
+        .collect();
+    let pod = |name: &str, port_name: &str, label: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app.kubernetes.io/name: {label}}}}}\n\
+             spec: {{containers: [{{name: controller, image: fallthrough:e2e, ports: [{{name: {port_name}, containerPort: 9090}}]}}]}}\n"
+        )
+    };
+    let running = |name: &str, ip: &str| {
+        let status = format!(
+            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#
+        );
+        c.kubectl_ok(&[
+            "-n",
+            &ns,
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ]);
+    };
+    c.apply(&pod("ft-a", "admin", "fallthrough"));
+    c.apply(&pod("ft-b", "admin", "fallthrough"));
+    c.apply(&pod("ft-noport", "http", "fallthrough"));
+    c.apply(&pod("ft-pending", "admin", "fallthrough"));
+    c.apply(&pod("other", "admin", "something-else"));
+    running("ft-a", &servers[0].ip);
+    running("ft-b", &servers[1].ip);
+    running("ft-noport", &servers[0].ip);
+    running("other", &servers[0].ip);
+
+    let paths = |kubeconfig: &std::path::Path, extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fallthrough"))
+            .args(["paths", "--kubeconfig"])
+            .arg(kubeconfig)
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+
+    // Without list on pods.
+    let (ok, _, err) = paths(&c.controller_kubeconfig, &["-n", &ns]);
+    assert!(!ok);
+    assert!(
+        err.contains("the rights to list pods and get pods/proxy in that namespace"),
+        "{err}"
+    );
+
+    // With list on pods, without get on pods/proxy.
+    c.apply(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: list-pods, namespace: {ns}}}\n\
+         rules: [{{apiGroups: [\"\"], resources: [pods], verbs: [list]}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: list-pods, namespace: {ns}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: list-pods}}\n\
+         subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {CONTROLLER_USER}}}]\n"
+    ));
+    wait_until("the Role to apply", Duration::from_secs(30), || {
+        !paths(&c.controller_kubeconfig, &["-n", &ns])
+            .2
+            .contains("cannot list the fallthrough pods")
+    });
+    let (ok, _, err) = paths(&c.controller_kubeconfig, &["-n", &ns]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(&format!("cannot read pod {ns}/ft-a: "))
+            && err.contains(
+                "(reading through the API server's pod proxy needs get on pods/proxy); left out"
+            ),
+        "{err}"
+    );
+    assert!(err.contains("no replica could be read"), "{err}");
+
+    // As the admin: the two readable replicas, merged.
+    let (ok, out, err) = paths(&c.admin_kubeconfig, &["-n", &ns, "--json"]);
+    assert!(ok, "{err}");
+    let merged: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let want = serde_json::json!({"replicas": ["a", "b"], "top": 100, "routes": [{
+    "route": "web/shop", "requests": 5, "classes": [{"class": "legacy", "requests": 5, "floor": 0, "paths": [
+        {"path": "/old", "count": 4, "error": 0, "share": 0.8, "lastSeen": 2000},
+        {"path": "/x", "count": 1, "error": 0, "share": 0.2, "lastSeen": 1500}
+    ]}]}]});
+    assert_eq!(merged, want, "{err}");
+    assert!(
+        err.contains(&format!("read pod {ns}/ft-a: 1 routes with traffic")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("read pod {ns}/ft-b: 1 routes with traffic")),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "/ft-noport: it has no container port named \"admin\": give --port with the admin port's name or number"
+        ),
+        "{err}"
+    );
+    assert!(
+        !err.contains("ft-pending") && !err.contains("other"),
+        "{err}"
+    );
+
+    let (ok, out, err) = paths(
+        &c.admin_kubeconfig,
+        &["-n", &ns, "--port", "9090", "--route", "web/shop"],
+    );
+    assert!(ok, "{err}");
+    // ft-noport's IP is ft-a's server: read twice, its 3 requests count twice.
+    assert!(
+        out.starts_with("web/shop  8 requests  legacy 100.0%\n"),
+        "{out}"
+    );
+    assert!(
+        err.contains(&format!("read pod {ns}/ft-noport")),
+        "a port number needs no name: {err}"
+    );
+
+    let (ok, _, err) = paths(&c.admin_kubeconfig, &["-n", "default"]);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "no running pod matches app.kubernetes.io/name=fallthrough in namespace default"
+        ),
+        "{err}"
+    );
+}

@@ -429,7 +429,7 @@ impl Pod {
 
     /// Starts `command` in a new namespace; ready once `ready_path` answers over HTTP,
     /// or, with `None`, once the port accepts a connection.
-    fn start_ready(port: u16, command: &[&str], ready_path: Option<&str>) -> Pod {
+    pub fn start_ready(port: u16, command: &[&str], ready_path: Option<&str>) -> Pod {
         let n = PODS.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let netns = format!("ft-{pid}-{n}");

@@ -8,6 +8,7 @@
 
 pub mod leader;
 pub mod status;
+pub mod window;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

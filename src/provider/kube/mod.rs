@@ -7,6 +7,7 @@
 //! the last table while the watches reconnect with backoff.
 
 pub mod leader;
+pub mod peers;
 pub mod status;
 pub mod window;
 

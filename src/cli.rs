@@ -111,6 +111,19 @@ pub struct RunArgs {
         default_value = "fallthrough-status"
     )]
     pub lease_name: String,
+    /// Kubernetes: the Service whose EndpointSlices list every replica's admin port
+    /// (port name `metrics`): the Lease holder sums their `GET /traffic` into each
+    /// route's status.traffic (the Fallback column of `kubectl get fbr`). Unset: no
+    /// status.traffic is written.
+    #[arg(long, env = "FALLTHROUGH_PEERS_SERVICE")]
+    pub peers_service: Option<String>,
+    /// Kubernetes: namespace of --peers-service (default: --lease-namespace).
+    #[arg(long, env = "FALLTHROUGH_PEERS_NAMESPACE")]
+    pub peers_namespace: Option<String>,
+    /// Kubernetes: how often the Lease holder gathers the replicas' traffic, and at most
+    /// how often it writes one route's status.traffic (1s to 5m).
+    #[arg(long, env = "FALLTHROUGH_TRAFFIC_INTERVAL", default_value = "1m", value_parser = parse_traffic_interval)]
+    pub traffic_interval: Duration,
     /// Kubernetes: TLS Secret (namespace/name) served for unknown or missing SNI.
     #[arg(long, env = "FALLTHROUGH_DEFAULT_CERTIFICATE", value_parser = parse_ns_name)]
     pub default_certificate: Option<(String, String)>,
@@ -223,6 +236,16 @@ impl RunArgs {
     }
 }
 
+fn parse_traffic_interval(value: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    // Shorter would ask every replica more than once a second; longer than the
+    // five-minute window would leave no sample inside it to count from.
+    if interval < Duration::from_secs(1) || interval > Duration::from_secs(5 * 60) {
+        return Err(format!("{value} is not between 1s and 5m"));
+    }
+    Ok(interval)
+}
+
 fn parse_ns_name(value: &str) -> Result<(String, String), String> {
     match value.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
@@ -231,5 +254,35 @@ fn parse_ns_name(value: &str) -> Result<(String, String), String> {
         _ => Err(format!(
             "{value:?} is not namespace/name, e.g. ingress/wildcard-cert"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_interval_is_between_a_second_and_the_window() {
+        assert_eq!(parse_traffic_interval("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_traffic_interval("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_traffic_interval("5m"), Ok(Duration::from_secs(300)));
+        for bad in ["500ms", "6m", "0s", "soon"] {
+            assert!(parse_traffic_interval(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn peers_flags_parse_with_their_defaults() {
+        let cli =
+            Cli::try_parse_from(["fallthrough", "run", "--peers-service", "ft-metrics"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(args.peers_service.as_deref(), Some("ft-metrics"));
+        assert_eq!(
+            args.peers_namespace, None,
+            "the lease namespace, decided in run"
+        );
+        assert_eq!(args.traffic_interval, Duration::from_secs(60));
     }
 }

@@ -20,6 +20,7 @@ use crate::index::cluster::IndexOptions;
 use crate::insight::recorder::Insight;
 use crate::metrics::Metrics;
 use crate::provider::files::{self, RouteFileError};
+use crate::provider::kube::traffic::TrafficOptions;
 use crate::provider::kube::ControllerOptions;
 use crate::proxy::listener::{self, Drained};
 use crate::proxy::Proxy;
@@ -337,6 +338,14 @@ async fn serve_cluster(args: RunArgs) -> Result<(), RunError> {
         lease_namespace: args.lease_namespace.clone(),
         lease_name: args.lease_name.clone(),
         identity,
+        traffic: args.peers_service.clone().map(|service| TrafficOptions {
+            service,
+            namespace: args
+                .peers_namespace
+                .clone()
+                .unwrap_or_else(|| args.lease_namespace.clone()),
+            interval: args.traffic_interval,
+        }),
     };
     tracing::info!(namespace = ?options.watch_namespace, ingress_class = %options.index.ingress_class, identity = %options.identity, "starting the Kubernetes controller");
     tokio::spawn(crate::provider::kube::run(

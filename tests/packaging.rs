@@ -475,6 +475,7 @@ metrics:
   serviceMonitor: {enabled: true, additionalLabels: {release: kube-prometheus-stack}}
   prometheusRule: {enabled: true, additionalLabels: {release: kube-prometheus-stack}}
 dashboard: {enabled: true}
+networkPolicy: {enabled: true}
 controller: {watchNamespace: shop, allowUrlBackends: true, logFormat: json}
 service: {type: NodePort, externalTrafficPolicy: Local, nodePorts: {http: 30080}}
 ";
@@ -527,6 +528,7 @@ fn helm_lint_passes_with_defaults_and_everything_on() {
         "ConfigMap",
         "PodDisruptionBudget",
         "IngressClass",
+        "NetworkPolicy",
     ] {
         assert!(present.contains(kind), "{kind} rendered: {present:?}");
     }
@@ -978,6 +980,11 @@ async fn with_watch_namespace_a_role_in_that_namespace_is_enough() {
     );
     assert_eq!(can(&["get", "secrets", "-n", "default"]), "no");
     assert_eq!(can(&["create", "secrets", "-n", ns]), "no");
+    assert_eq!(
+        can(&["list", "endpointslices", "-n", release_ns]),
+        "yes",
+        "the peers, through the metrics Service's EndpointSlices"
+    );
 
     let kubeconfig = service_account_kubeconfig(c, release_ns, sa);
     let ft = controller_as(&kubeconfig, release_ns, &["--watch-namespace", ns]).await;

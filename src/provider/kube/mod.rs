@@ -4,10 +4,14 @@
 //! Out: route tables published to the proxy whenever what they resolve to changes, the
 //! desired status of every route for the status writer, and readiness once every watch
 //! has delivered its initial list. If the API server goes away the proxy keeps serving
-//! the last table while the watches reconnect with backoff.
+//! the last table while the watches reconnect with backoff. With `--peers-service`, the
+//! Lease holder also sums every replica's `/traffic` into `status.traffic` (`traffic`).
 
 pub mod leader;
+pub mod peers;
 pub mod status;
+pub mod traffic;
+pub mod window;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +45,9 @@ pub struct ControllerOptions {
     pub lease_name: String,
     /// This replica's name in the Lease and in Events.
     pub identity: String,
+    /// Where the replicas' `/traffic` reports are, for `status.traffic`; `None`: it is
+    /// not written.
+    pub traffic: Option<traffic::TrafficOptions>,
 }
 
 /// State shared by the watch tasks and the builder.
@@ -170,6 +177,15 @@ pub async fn run(
     let (leader_tx, leader_rx) = watch::channel(false);
     let (status_tx, status_rx) = watch::channel(Vec::new());
     tokio::spawn(leader::elect(client.clone(), options.clone(), leader_tx));
+    if let Some(traffic) = options.traffic.clone() {
+        tokio::spawn(traffic::run(
+            client.clone(),
+            traffic,
+            options.identity.clone(),
+            leader_rx.clone(),
+            status_rx.clone(),
+        ));
+    }
     tokio::spawn(status::write(
         client,
         options.identity.clone(),

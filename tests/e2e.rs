@@ -1051,3 +1051,382 @@ fn paths_reads_every_replica_through_the_pod_proxy() {
         "{err}"
     );
 }
+
+// ---- The share in `kubectl get`: status.traffic, summed over the replicas ----
+
+/// Name of the metrics Service, as the chart's (`<fullname>-metrics`).
+const METRICS_SERVICE: &str = "fallthrough-metrics";
+
+/// The chart's metrics Service, selectorless here, and the EndpointSlice the endpoint
+/// controller would write for it: admin listeners at `ready` and `not_ready` addresses.
+fn metrics_service_yaml(ns: &str, port: u16, ready: &[&str], not_ready: &[&str]) -> String {
+    let endpoint = |ip: &&str, ready: bool| {
+        format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: {ready}}}\n")
+    };
+    let endpoints: String = ready
+        .iter()
+        .map(|ip| endpoint(ip, true))
+        .chain(not_ready.iter().map(|ip| endpoint(ip, false)))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {METRICS_SERVICE}, namespace: {ns}}}\nspec:\n  ports:\n  - {{name: metrics, port: 9090, targetPort: admin}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {METRICS_SERVICE}-e2e\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {METRICS_SERVICE}, endpointslice.kubernetes.io/managed-by: e2e}}\n\
+         addressType: IPv4\nports:\n- {{name: metrics, port: {port}, protocol: TCP}}\nendpoints:\n{endpoints}"
+    )
+}
+
+/// A controller replica like [`controller`]'s, with its admin port on `admin` (an
+/// address an EndpointSlice can name) and, when it holds the Lease, summing the traffic
+/// of the peers behind [`METRICS_SERVICE`] in `ns` every second.
+struct Replica {
+    http: std::net::SocketAddr,
+    log: std::path::PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    async fn start(ns: &str, lease: &str, identity: &str, admin: &str) -> Replica {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("fallthrough.log");
+        let mut args = cluster().controller_args(ns, lease, identity);
+        args.extend(
+            [
+                "--shutdown-grace=1s",
+                "--http-addr=127.0.0.1:0",
+                "--https-addr=127.0.0.1:0",
+                &format!("--admin-addr={admin}"),
+                &format!("--peers-service={METRICS_SERVICE}"),
+                &format!("--peers-namespace={ns}"),
+                "--traffic-interval=1s",
+            ]
+            .map(String::from),
+        );
+        let child = spawn_tied(
+            std::process::Command::new(env!("CARGO_BIN_EXE_fallthrough"))
+                .arg("run")
+                .args(&args)
+                .env("RUST_LOG", "info"),
+            &log,
+        );
+        let mut replica = Replica {
+            http: "0.0.0.0:0".parse().unwrap(),
+            log,
+            child,
+            _dir: dir,
+        };
+        let find = |lines: &[String], marker: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.split(marker).nth(1).map(|a| a.trim().parse().unwrap()))
+        };
+        let (http, admin) = support::wait_for("the replica to listen", || {
+            let lines = replica.log();
+            Some((
+                find(&lines, "listening for HTTP on ")?,
+                find(&lines, "admin server listening on ")?,
+            ))
+        })
+        .await;
+        replica.http = http;
+        support::wait_for_async("replica /readyz", || async move {
+            support::get(admin, "/readyz").await.0 == 200
+        })
+        .await;
+        replica
+    }
+
+    fn log(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    /// GETs `path` for `host` and checks who answered.
+    async fn served(&self, host: &str, path: &str, who: &str) {
+        let req = Request::get(path)
+            .header("host", host)
+            .body(Full::default())
+            .unwrap();
+        let (status, headers, _) = send(self.http, req).await;
+        assert_eq!((status.as_u16(), served_by(&headers)), (200, who), "{path}");
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The FALLBACK column of `kubectl get fbr` for `route` (empty when it shows none).
+fn fallback_column(ns: &str, route: &str) -> String {
+    let out = cluster().kubectl_ok(&["get", "fbr", "-n", ns, route]);
+    let mut lines = out.lines();
+    let (header, row) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    // Columns are aligned: the value starts where its header does.
+    let at = header
+        .find("FALLBACK")
+        .unwrap_or_else(|| panic!("no FALLBACK column: {out}"));
+    row.get(at..)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// `status.traffic` of `route`.
+fn traffic_status(ns: &str, route: &str) -> serde_json::Value {
+    let out = cluster().kubectl_ok(&["get", "fallbackroute", "-n", ns, route, "-o", "json"]);
+    let obj: serde_json::Value = serde_json::from_str(&out).unwrap();
+    obj["status"]["traffic"].clone()
+}
+
+/// Waits until `kubectl get fbr` shows `share` for `route`; returns its status.traffic.
+/// On timeout, shows what it does show and the end of the replicas' logs.
+fn wait_share(ns: &str, route: &str, share: &str, replicas: &[&Replica]) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    while fallback_column(ns, route) != share {
+        if start.elapsed() > Duration::from_secs(60) {
+            let logs: Vec<String> = replicas
+                .iter()
+                .map(|r| {
+                    let log = r.log();
+                    log[log.len().saturating_sub(30)..].join("\n")
+                })
+                .collect();
+            panic!(
+                "kubectl get fbr {route} does not show FALLBACK {share}:\n{}\nstatus.traffic: {}\nlogs:\n{}",
+                cluster().kubectl_ok(&["get", "fbr", "-n", ns, route]),
+                traffic_status(ns, route),
+                logs.join("\n---\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    traffic_status(ns, route)
+}
+
+/// (requests, fallbackRequests, replicas, legacyPaths) of a status.traffic.
+fn figures(traffic: &serde_json::Value) -> (u64, u64, u64, u64) {
+    let n = |k: &str| {
+        traffic[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} in {traffic}"))
+    };
+    (
+        n("requests"),
+        n("fallbackRequests"),
+        n("replicas"),
+        n("legacyPaths"),
+    )
+}
+
+/// A stand-in for a replica's admin port at `addr`: answers every request with
+/// `status` and `body`.
+async fn fake_peer(
+    addr: std::net::SocketAddr,
+    status: u16,
+    body: String,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    })
+}
+
+/// A `/traffic` answer as report.rs defines it: `(route, requests, fallback, legacy paths)`.
+fn traffic_json(replica: &str, started: u64, routes: &[(&str, u64, u64, &[&str])]) -> String {
+    use fallthrough::insight::distinct::Distinct;
+    use fallthrough::insight::report::{RouteTraffic, TrafficReport};
+    let report = TrafficReport {
+        replica: replica.into(),
+        started,
+        routes: routes
+            .iter()
+            .map(|(route, requests, fallback, paths)| {
+                let mut legacy = Distinct::default();
+                paths.iter().for_each(|p| legacy.add(p));
+                RouteTraffic {
+                    route: route.to_string(),
+                    requests: *requests,
+                    fallback: *fallback,
+                    legacy_paths: legacy.to_hex(),
+                }
+            })
+            .collect(),
+    };
+    serde_json::to_string(&report).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the Go-built cluster binaries: run scripts/test"]
+async fn the_lease_holder_sums_its_peers_traffic_into_status_and_leaves_the_conditions_be() {
+    let c = cluster();
+    let ns = namespace("traffic-sum");
+    c.apply(&route_yaml(
+        &ns,
+        "shop",
+        &["shop.test"],
+        "legacy",
+        "new",
+        "",
+    ));
+    c.apply(&route_yaml(
+        &ns,
+        "blog",
+        &["blog.test"],
+        "legacy",
+        "new",
+        "",
+    ));
+    let [a, b, broken, gone] = [1, 2, 3, 4].map(|n| c.host_address(n));
+    let port = free_port();
+    let at = |ip: &str| -> std::net::SocketAddr { format!("{ip}:{port}").parse().unwrap() };
+    // Started a minute ago: their counters are the window's.
+    let started = k8s_openapi::jiff::Timestamp::now().as_second() as u64 - 60;
+    let shop = format!("{ns}/shop");
+    let blog = format!("{ns}/blog");
+    let _a = fake_peer(
+        at(&a),
+        200,
+        traffic_json(
+            "ft-a",
+            started,
+            &[
+                (&shop, 30, 3, &["/about.php", "/news.php"]),
+                (&blog, 0, 0, &[]),
+                ("elsewhere/unknown", 9, 9, &[]),
+            ],
+        ),
+    )
+    .await;
+    let _b = fake_peer(
+        at(&b),
+        200,
+        traffic_json(
+            "ft-b",
+            started,
+            &[(&shop, 10, 7, &["/news.php", "/contact.php"])],
+        ),
+    )
+    .await;
+    let _broken = fake_peer(at(&broken), 500, "oops".into()).await;
+    c.apply(&metrics_service_yaml(
+        &ns,
+        port,
+        &[&a, &b, &broken],
+        &[&gone],
+    ));
+    let writer = Replica::start(&ns, "traffic-sum", "traffic-sum-1", "127.0.0.1:0").await;
+
+    let traffic = wait_share(&ns, "shop", "25%", &[&writer]);
+    assert_eq!(figures(&traffic), (40, 10, 2, 3), "{traffic}");
+    let window = traffic["window"].as_str().unwrap();
+    assert!(
+        window.starts_with("1m"),
+        "a minute since the peers started: {window}"
+    );
+    assert!(traffic["observedAt"].is_string(), "{traffic}");
+    let blog_traffic = wait_share(&ns, "blog", "-", &[&writer]);
+    assert_eq!(figures(&blog_traffic), (0, 0, 2, 0), "{blog_traffic}");
+
+    // The conditions status.rs wrote are still there, and its next write keeps traffic.
+    wait_condition(&ns, "shop", "ResolvedRefs", "False", "BackendNotFound");
+    c.apply(&service_yaml(&ns, "legacy", "web", 8080, &[], &[]));
+    c.apply(&service_yaml(&ns, "new", "http", 8000, &[], &[]));
+    wait_condition(&ns, "shop", "ResolvedRefs", "False", "NoReadyEndpoints");
+    wait_condition(&ns, "shop", "Programmed", "True", "Programmed");
+    assert_eq!(figures(&traffic_status(&ns, "shop")), (40, 10, 2, 3));
+
+    let log = writer.log().join("\n");
+    assert!(
+        log.contains(&format!("cannot read {}/traffic", at(&broken))),
+        "the failing peer is logged: {log}"
+    );
+    assert!(
+        !log.contains(&gone),
+        "a not-ready endpoint is not asked: {log}"
+    );
+    assert_no_forbidden(writer.log(), "the restricted identity");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the Go-built cluster binaries: run scripts/test"]
+async fn two_replicas_traffic_shows_summed_in_the_fallback_column_of_kubectl_get() {
+    let c = cluster();
+    let ns = namespace("traffic");
+    let _pods = deploy_shop(&ns, "shop", &["shop.test"]);
+    let (ip_a, ip_b, ip_gone) = (c.host_address(11), c.host_address(12), c.host_address(13));
+    let port = free_port();
+    c.apply(&metrics_service_yaml(
+        &ns,
+        port,
+        &[&ip_a, &ip_b],
+        &[&ip_gone],
+    ));
+    let a = Replica::start(&ns, "traffic", "traffic-a", &format!("{ip_a}:{port}")).await;
+    let b = Replica::start(&ns, "traffic", "traffic-b", &format!("{ip_b}:{port}")).await;
+
+    // 30 requests the legacy app serves and 10 that fall back, split unevenly so that
+    // neither replica alone shows 25%: a 20 and 2 (9%), b 10 and 8 (44%).
+    const LEGACY: [&str; 3] = ["/about.php", "/contact.php", "/news.php"];
+    for (replica, legacy, fallback) in [(&a, 20, 2), (&b, 10, 8)] {
+        for i in 0..legacy {
+            replica
+                .served("shop.test", LEGACY[i % 3], "legacy-php")
+                .await;
+        }
+        for i in 0..fallback {
+            let path = format!("/products/{}", i % 3 + 3);
+            replica.served("shop.test", &path, "new-python").await;
+        }
+    }
+
+    let traffic = wait_share(&ns, "shop", "25%", &[&a, &b]);
+    assert_eq!(figures(&traffic), (40, 10, 2, 3), "{traffic}");
+    wait_condition(&ns, "shop", "Programmed", "True", "Programmed");
+    let holder = c.kubectl_ok(&[
+        "get",
+        "lease",
+        "-n",
+        SYSTEM_NAMESPACE,
+        "traffic",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(
+        status_writers(&ns, "shop"),
+        [holder],
+        "only the Lease holder writes status, traffic included"
+    );
+    for replica in [&a, &b] {
+        let log = replica.log().join("\n");
+        assert!(
+            !log.contains(&ip_gone),
+            "a not-ready endpoint is not asked: {log}"
+        );
+        assert_no_forbidden(replica.log(), "the restricted identity");
+    }
+}

@@ -307,6 +307,21 @@ impl Cluster {
         });
     }
 
+    /// The `n`th extra address of this host (10.x.254.n, on `lo` until this test process
+    /// exits), added on first use: something a process on the host can listen on and an
+    /// EndpointSlice can name (the API server refuses loopback endpoint addresses), e.g.
+    /// a controller replica's admin port.
+    pub fn host_address(&self, n: u8) -> String {
+        let ip = format!("10.{}.254.{n}", subnet());
+        let present = sh(&format!("ip -o addr show dev lo | grep -qwF {ip}"));
+        if !present.status.success() {
+            let out = sh(&format!("ip addr add {ip}/32 dev lo"));
+            assert!(out.status.success(), "adding {ip} failed: {out:?}");
+            on_exit(&format!("ip addr del {ip}/32 dev lo 2>/dev/null"));
+        }
+        ip
+    }
+
     /// `fallthrough run` arguments for a controller with the restricted identity,
     /// watching `ns`, competing for Lease `lease` as `identity`.
     pub fn controller_args(&self, ns: &str, lease: &str, identity: &str) -> Vec<String> {

@@ -97,8 +97,11 @@ pub enum PeerError {
     /// The HTTP exchange failed.
     #[error("HTTP: {0}")]
     Http(#[from] hyper::Error),
-    /// It answered, but not 200.
-    #[error("GET /traffic answered {0} (a replica of an older version serves no /traffic)")]
+    /// It answered 404: a replica of an older version, without `/traffic`.
+    #[error("GET /traffic answered 404: a replica of an older version serves no /traffic")]
+    NotServed,
+    /// It answered, but neither 200 nor 404.
+    #[error("GET /traffic answered {0}")]
     Status(u16),
     /// The body broke off or was over the cap.
     #[error("reading the answer: {0}")]
@@ -128,8 +131,10 @@ async fn exchange(addr: SocketAddr) -> Result<TrafficReport, PeerError> {
         .expect("a static request is valid");
     let answer = async {
         let response = sender.send_request(request).await?;
-        if response.status() != http::StatusCode::OK {
-            return Err(PeerError::Status(response.status().as_u16()));
+        match response.status() {
+            http::StatusCode::OK => {}
+            http::StatusCode::NOT_FOUND => return Err(PeerError::NotServed),
+            other => return Err(PeerError::Status(other.as_u16())),
         }
         let body = Limited::new(response.into_body(), MAX_REPORT_BYTES)
             .collect()
@@ -271,7 +276,11 @@ mod tests {
 
         let not_found = "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
         let err = fetch(server(Some(not_found)).await, Duration::from_secs(2)).await;
-        assert!(matches!(err, Err(PeerError::Status(404))), "{err:?}");
+        assert!(matches!(err, Err(PeerError::NotServed)), "{err:?}");
+
+        let broken = "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n";
+        let err = fetch(server(Some(broken)).await, Duration::from_secs(2)).await;
+        assert!(matches!(err, Err(PeerError::Status(500))), "{err:?}");
 
         let garbage = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{]";
         let err = fetch(server(Some(garbage)).await, Duration::from_secs(2)).await;

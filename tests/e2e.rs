@@ -301,9 +301,13 @@ async fn php_serves_what_it_knows_and_python_the_rest_through_services() {
     for type_ in ["Accepted", "ResolvedRefs", "Programmed"] {
         wait_condition(&ns, "shop", type_, "True", type_);
     }
-    let printed = c.kubectl_ok(&["get", "fallbackroutes", "-n", &ns]);
+    let printed = c.kubectl_ok(&["get", "fallbackroutes", "-n", &ns, "-o", "wide"]);
     assert!(
-        printed.contains("PROGRAMMED") && printed.contains("legacy") && printed.contains("True"),
+        printed.contains("FALLBACK ")
+            && printed.contains("PROGRAMMED")
+            && printed.contains("PRIMARY-SERVICE")
+            && printed.contains("legacy")
+            && printed.contains("True"),
         "{printed}"
     );
     no_forbidden(&ft);

@@ -246,6 +246,8 @@ pub async fn run(
             .iter()
             .map(|d| (d.key.to_string(), d.key.clone()))
             .collect();
+        // Deleted routes are forgotten; one created again under the name starts afresh.
+        written.retain(|key, _| known.contains_key(&key.to_string()));
         let todo = plan(
             &totals,
             &known,

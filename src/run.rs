@@ -303,17 +303,10 @@ fn publish_certs(
 }
 
 async fn kube_client(args: &RunArgs) -> Result<kube::Client, RunError> {
-    let err = |e: &dyn std::fmt::Display| RunError::Kube(e.to_string());
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| err(&e))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| err(&e))?
-        }
-        None => kube::Config::infer().await.map_err(|e| err(&e))?,
-    };
-    kube::Client::try_from(config).map_err(|e| err(&e))
+    let config = crate::provider::kube::config(args.kubeconfig.as_deref())
+        .await
+        .map_err(RunError::Kube)?;
+    kube::Client::try_from(config).map_err(|e| RunError::Kube(e.to_string()))
 }
 
 async fn serve_cluster(args: RunArgs) -> Result<(), RunError> {

@@ -155,15 +155,9 @@ async fn from_cluster(
     args: &PathsArgs,
 ) -> Result<Vec<(String, Result<PathsReport, ReadError>)>, PathsError> {
     let kube = |e: &dyn std::fmt::Display| PathsError::Kube(e.to_string());
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| kube(&e))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| kube(&e))?
-        }
-        None => kube::Config::infer().await.map_err(|e| kube(&e))?,
-    };
+    let config = crate::provider::kube::config(args.kubeconfig.as_deref())
+        .await
+        .map_err(PathsError::Kube)?;
     let namespace = args
         .namespace
         .clone()

@@ -156,12 +156,7 @@ pub(super) async fn forward(
             match primary {
                 // Boxed: a primary hit, the hot path, then moves a much smaller future.
                 Ok(primary) => {
-                    let straight = Straight {
-                        direct: Direct::Remembered,
-                        at,
-                        read_idle,
-                    };
-                    Box::pin(fall_back(rt, route, &head, primary, replay, straight)).await
+                    Box::pin(fall_back(rt, route, &head, primary, replay, at, read_idle)).await
                 }
                 Err(_) => {
                     let resp = Box::pin(send_fallback(rt, route, &head, replay, read_idle)).await?;
@@ -262,7 +257,7 @@ enum Direct {
     SkipPrimary,
 }
 
-/// What the fallback's attempt needs to know of the request besides its head.
+/// What a request that skips the primary needs to know besides its head.
 struct Straight<'p> {
     direct: Direct,
     /// The normalised path (as remembered) and when the request came.
@@ -308,17 +303,17 @@ async fn fall_back(
     head: &UpstreamHead,
     primary: Response<ResponseBody>,
     replay: UpstreamBody,
-    how: Straight<'_>,
+    at: Routed<'_>,
+    read_idle: std::time::Duration,
 ) -> Result<Response<ClientBody>, ProxyError> {
     let kept = keep_primary_answer(route, primary).await;
-    let fallback = send_fallback(rt, route, head, replay, how.read_idle).await?;
+    let fallback = send_fallback(rt, route, head, replay, read_idle).await?;
     let served = !route.falls_back_on(fallback.status().as_u16());
     if served {
         if let Some(memory) = &rt.remembered {
-            memory.remember(how.at.path, how.at.started);
+            memory.remember(at.path, at.started);
         }
     }
-    let at = how.at;
     match (after_fallback(route, fallback.status().as_u16()), kept) {
         (Answerer::Primary, Some(kept)) => Ok(respond_kept(rt, kept, at)),
         _ => Ok(respond(rt, route, Answerer::Fallback, fallback, at, false)),

@@ -149,6 +149,21 @@ where
     }
 }
 
+/// The API server's configuration: from `kubeconfig` when given, else in-cluster, then
+/// `KUBECONFIG` or `~/.kube/config`. The error is the reason, for the caller to phrase.
+pub async fn config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config, String> {
+    match kubeconfig {
+        Some(path) => {
+            let kubeconfig =
+                kube::config::Kubeconfig::read_from(path).map_err(|e| e.to_string())?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        None => kube::Config::infer().await.map_err(|e| e.to_string()),
+    }
+}
+
 /// Runs the controller until the process stops.
 pub async fn run(
     client: Client,

@@ -82,6 +82,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Access log format (`--access-log`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// No access log.
+    Off,
+    /// nginx's combined format, then fallthrough's fields as key=value.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Flags of `fallthrough run`.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -162,6 +173,31 @@ pub struct RunArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// Access log, one line per request: off, text (nginx's combined format, then who
+    /// answered and why as key=value) or json. On by default, as in ingress-nginx:
+    /// `kubectl logs` shows the traffic.
+    #[arg(
+        long,
+        env = "FALLTHROUGH_ACCESS_LOG",
+        value_enum,
+        default_value = "text"
+    )]
+    pub access_log: AccessLogFormat,
+    /// Where the access log goes: a file (appended to, created if missing), or - for
+    /// stdout. Process logs go to stderr either way.
+    #[arg(long, env = "FALLTHROUGH_ACCESS_LOG_PATH", default_value = "-")]
+    pub access_log_path: PathBuf,
+    /// Peers whose forwarding fields (X-Forwarded-*, X-Real-IP, Forwarded,
+    /// X-Request-Id) and PROXY protocol headers are believed: comma-separated CIDRs or
+    /// addresses, e.g. 10.0.0.0/8,192.168.1.7. From anyone else those fields are
+    /// removed and fallthrough sets its own. Default: nobody.
+    #[arg(long, env = "FALLTHROUGH_TRUSTED_PROXIES", default_value = "", value_parser = parse_trusted_proxies)]
+    pub trusted_proxies: crate::proxy::trust::TrustedProxies,
+    /// Connections from --trusted-proxies start with a PROXY protocol header (v1 or
+    /// v2), which names the client; one without it is closed. Others are served as
+    /// they come.
+    #[arg(long, env = "FALLTHROUGH_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
     /// Data-plane threads; 0 means one per CPU core.
     #[arg(long, env = "FALLTHROUGH_WORKERS", default_value_t = 0)]
     pub workers: usize,
@@ -244,6 +280,10 @@ fn parse_traffic_interval(value: &str) -> Result<Duration, String> {
         return Err(format!("{value} is not between 1s and 5m"));
     }
     Ok(interval)
+}
+
+fn parse_trusted_proxies(value: &str) -> Result<crate::proxy::trust::TrustedProxies, String> {
+    crate::proxy::trust::TrustedProxies::parse(value).map_err(|e| e.to_string())
 }
 
 fn parse_ns_name(value: &str) -> Result<(String, String), String> {

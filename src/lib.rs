@@ -5,6 +5,7 @@
 //! Flow: `provider` (files) → `index` (validate) → `routes::RouteTable` →
 //! `proxy` (serves clients) with `metrics` and `admin` beside it; `run` wires them up.
 
+pub mod access_log;
 pub mod admin;
 pub mod api;
 pub mod cli;

@@ -54,6 +54,8 @@ pub struct Metrics {
     remembered_evictions: IntCounterVec,
     paths_memory: IntGauge,
     paths_memory_limit: IntGauge,
+    access_log_dropped: IntCounter,
+    proxy_protocol_refused: IntCounter,
 }
 
 fn counter_family(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -71,6 +73,14 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 fn histogram_family(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
     HistogramVec::new(opts, labels).expect("valid metric definition")
+}
+
+fn int_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -288,6 +298,16 @@ impl Metrics {
                 "fallthrough_paths_report_limit_bytes",
                 "--paths-memory: past it, requests are still counted but new paths are not listed.",
             ),
+            access_log_dropped: int_counter(
+                &r,
+                "fallthrough_access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind (its queue was full) or a write failed.",
+            ),
+            proxy_protocol_refused: int_counter(
+                &r,
+                "fallthrough_proxy_protocol_refused_total",
+                "Connections from trusted proxies closed, with --proxy-protocol, because they did not start with a valid PROXY protocol header in time.",
+            ),
             registry: r,
         }
     }
@@ -396,6 +416,16 @@ impl Metrics {
         self.tls_expiry
             .with_label_values(&[namespace, secret])
             .set(not_after as f64);
+    }
+
+    /// The counter of access log lines dropped, for the access log's writer.
+    pub fn access_log_dropped(&self) -> IntCounter {
+        self.access_log_dropped.clone()
+    }
+
+    /// A trusted proxy's connection had no valid PROXY header.
+    pub fn proxy_header_refused(&self) {
+        self.proxy_protocol_refused.inc();
     }
 
     /// A TLS handshake failed.

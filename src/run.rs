@@ -54,6 +54,16 @@ pub enum RunError {
     /// The default certificate flags are unusable.
     #[error("--default-cert-file: {0}")]
     DefaultCert(String),
+    /// `--proxy-protocol` without anyone to accept it from.
+    #[error("--proxy-protocol needs --trusted-proxies: a PROXY header is only believed from a trusted proxy (give the load balancer's addresses or subnet)")]
+    ProxyProtocolUntrusted,
+    /// The access log file cannot be opened.
+    #[error("--access-log-path {path}: {source}")]
+    AccessLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The CRD could not be rendered.
     #[error("cannot render the CRD: {0}")]
     Crd(#[from] serde_yaml::Error),
@@ -145,7 +155,13 @@ async fn serve_files(args: RunArgs, path: PathBuf) -> Result<(), RunError> {
         args.paths_memory,
         default_identity(),
     );
-    let proxy = Proxy::new(metrics.clone(), insight, args.limits(), args.workers());
+    let proxy = Proxy::new(
+        metrics.clone(),
+        insight,
+        args.limits(),
+        args.workers(),
+        front(&args, &metrics)?,
+    );
 
     let default_cert = DefaultCert::from_args(&args)?;
     let loaded = files::load(&path, defaults).map_err(|errors| {
@@ -315,7 +331,13 @@ async fn serve_cluster(args: RunArgs) -> Result<(), RunError> {
     let readiness = Arc::new(Readiness::default());
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let insight = Insight::new(args.paths_top as usize, args.paths_memory, identity.clone());
-    let proxy = Proxy::new(metrics.clone(), insight, args.limits(), args.workers());
+    let proxy = Proxy::new(
+        metrics.clone(),
+        insight,
+        args.limits(),
+        args.workers(),
+        front(&args, &metrics)?,
+    );
     let (http, admin) = bind_both(&args).await?;
     let options = ControllerOptions {
         index: IndexOptions {
@@ -381,6 +403,7 @@ async fn serve_until_stopped(
     ));
     let workers = args.workers();
     tracing::info!(workers, "serving");
+    let front = proxy.front().clone();
     let drained = listener::serve_workers(
         proxy,
         listeners.http,
@@ -388,7 +411,11 @@ async fn serve_until_stopped(
         stop_rx.clone(),
         args.shutdown_grace,
     );
-    match drained.await? {
+    let drained = drained.await?;
+    if let Some(log) = &front.access_log {
+        log.close();
+    }
+    match drained {
         Drained::Clean => tracing::info!("drained; exiting"),
         Drained::GraceExpired => tracing::warn!(
             grace = ?args.shutdown_grace,
@@ -397,6 +424,51 @@ async fn serve_until_stopped(
     }
     admin_task.abort();
     Ok(())
+}
+
+/// What stands in front of the proxy, from the flags: the trusted proxies, the PROXY
+/// protocol, and the access log (its writer thread started).
+fn front(args: &RunArgs, metrics: &Metrics) -> Result<crate::proxy::Front, RunError> {
+    use crate::access_log::{AccessLog, Format, Sink};
+    use crate::cli::AccessLogFormat;
+    if args.proxy_protocol && args.trusted_proxies.is_empty() {
+        return Err(RunError::ProxyProtocolUntrusted);
+    }
+    let format = match args.access_log {
+        AccessLogFormat::Off => None,
+        AccessLogFormat::Text => Some(Format::Text),
+        AccessLogFormat::Json => Some(Format::Json),
+    };
+    let access_log = match format {
+        None => None,
+        Some(format) => {
+            let path = &args.access_log_path;
+            let sink = if path.as_os_str() == "-" {
+                Sink::Stdout
+            } else {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| RunError::AccessLog {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Sink::File(file)
+            };
+            Some(AccessLog::start(
+                format,
+                sink,
+                args.workers(),
+                metrics.access_log_dropped(),
+            )?)
+        }
+    };
+    Ok(crate::proxy::Front {
+        trusted: args.trusted_proxies.clone(),
+        proxy_protocol: args.proxy_protocol,
+        access_log,
+    })
 }
 
 fn publish(proxy: &Proxy, metrics: &Metrics, routes: Vec<Route>) {

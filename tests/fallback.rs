@@ -32,11 +32,19 @@ async fn a_primary_404_is_answered_by_the_fallback_with_the_same_request() {
         .header("host", "shop.example.com")
         .header("x-custom", "kept")
         .header("x-forwarded-for", "203.0.113.7")
+        .header("x-request-id", "chosen-by-the-client")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .header("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
         .body(Full::default())
         .unwrap();
     let (status, headers, body) = send(ft.http, req).await;
     assert_eq!((status.as_u16(), body.as_ref()), (200, &b"python page"[..]));
     assert_eq!(headers["x-backend"], "py");
+    let id = headers["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(id.len(), 32, "an untrusted client's id is replaced: {id}");
 
     let (to_php, to_py) = (&php.seen()[0], &py.seen()[0]);
     for seen in [to_php, to_py] {
@@ -47,9 +55,23 @@ async fn a_primary_404_is_answered_by_the_fallback_with_the_same_request() {
             "the client's Host is kept"
         );
         assert_eq!(seen.headers["x-custom"], "kept");
-        assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+        assert_eq!(
+            seen.headers["x-forwarded-for"], "127.0.0.1",
+            "an untrusted client's X-Forwarded-For is not believed"
+        );
         assert_eq!(seen.headers["x-forwarded-proto"], "http");
         assert_eq!(seen.headers["x-forwarded-host"], "shop.example.com");
+        assert_eq!(seen.headers["x-real-ip"], "127.0.0.1");
+        assert_eq!(seen.headers["x-request-id"], id.as_str(), "one id, both attempts");
+        assert_eq!(seen.headers.get_all("x-request-id").iter().count(), 1);
+        assert_eq!(
+            seen.headers["traceparent"],
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        assert_eq!(
+            seen.headers["tracestate"],
+            "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+        );
     }
 }
 

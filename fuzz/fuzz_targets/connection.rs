@@ -311,7 +311,13 @@ fuzz_target!(|input: &[u8]| {
             replay_budget: 1024 * 1024,
         };
         let insight = fallthrough::insight::recorder::Insight::new(10, 1 << 20, "fuzz".into());
-        let proxy = Proxy::new(Arc::new(Metrics::new(1)), insight, limits, 1);
+        let proxy = Proxy::new(
+            Arc::new(Metrics::new(1)),
+            insight,
+            limits,
+            1,
+            fallthrough::proxy::Front::default(),
+        );
         proxy.publish(RouteTable::build([route(&primary.addr, &fallback.addr)]).0);
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);

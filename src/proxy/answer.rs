@@ -3,7 +3,8 @@
 //!
 //! In: upstream response bodies ([`ResponseBody`]) and fallthrough's own answers.
 //! Out: [`ClientBody`], which the HTTP/1.x server and hyper's HTTP/2 server write out,
-//! and which stops the request's timer at its last byte.
+//! and which stops the request's timer, and writes its access log line, at its last
+//! byte.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -15,6 +16,7 @@ use http_body_util::BodyExt;
 
 use super::h1::head::RawFields;
 use super::upstream::{ResponseBody, Stream};
+use crate::access_log::Pending;
 use crate::metrics::RequestTimer;
 
 /// Reads up to `limit` bytes of an upstream response body. When the body ends within
@@ -46,6 +48,8 @@ pub async fn read_response_prefix(
 pub struct ClientBody {
     kind: ClientKind,
     timer: Option<RequestTimer>,
+    /// The request's access log line, written when the body is done (or dropped).
+    log: Option<Pending>,
 }
 
 enum ClientKind {
@@ -69,6 +73,7 @@ impl ClientBody {
         ClientBody {
             kind: ClientKind::Empty,
             timer: None,
+            log: None,
         }
     }
 
@@ -77,6 +82,7 @@ impl ClientBody {
         ClientBody {
             kind: ClientKind::Full(Some(bytes.into())),
             timer: None,
+            log: None,
         }
     }
 
@@ -88,6 +94,7 @@ impl ClientBody {
                 rest: Some(body),
             },
             timer: None,
+            log: None,
         }
     }
 
@@ -99,6 +106,7 @@ impl ClientBody {
                 rest,
             },
             timer: None,
+            log: None,
         }
     }
 
@@ -118,6 +126,7 @@ impl ClientBody {
         ClientBody {
             kind: ClientKind::Tunnel(Some((upstream, early))),
             timer: None,
+            log: None,
         }
     }
 
@@ -138,6 +147,12 @@ impl ClientBody {
     /// Attaches the request timer in place: the body is not moved.
     pub fn time(&mut self, timer: RequestTimer) {
         self.timer = Some(timer);
+    }
+
+    /// Attaches the request's access log entry, which counts the body bytes sent and is
+    /// logged at the last one.
+    pub fn log(&mut self, pending: Pending) {
+        self.log = Some(pending);
     }
 }
 
@@ -169,9 +184,18 @@ impl Body for ClientBody {
                 },
             },
         };
-        if let Poll::Ready(None) = polled {
-            // Stop the clock at the last byte, not whenever hyper drops the body.
-            this.timer.take();
+        match &polled {
+            Poll::Ready(None) => {
+                // Stop the clock at the last byte, not whenever hyper drops the body.
+                this.timer.take();
+                this.log.take();
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(log), Some(data)) = (&mut this.log, frame.data_ref()) {
+                    log.sent(data.len());
+                }
+            }
+            _ => {}
         }
         polled
     }

@@ -28,6 +28,8 @@ pub enum ClientRequestBody {
     H1(H1Body),
     /// HTTP/2, read by hyper.
     H2(Incoming),
+    /// Either, with its bytes counted for the access log.
+    Counted(Box<ClientRequestBody>, Arc<AtomicU64>),
 }
 
 /// Why a client's request body could not be read.
@@ -52,6 +54,15 @@ impl Body for ClientRequestBody {
         match self.get_mut() {
             ClientRequestBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
             ClientRequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+            ClientRequestBody::Counted(b, count) => {
+                let polled = Pin::new(b.as_mut()).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(data))) = &polled {
+                    if let Some(data) = data.data_ref() {
+                        count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                polled
+            }
         }
     }
 
@@ -59,6 +70,7 @@ impl Body for ClientRequestBody {
         match self {
             ClientRequestBody::H1(b) => b.is_end_stream(),
             ClientRequestBody::H2(b) => b.is_end_stream(),
+            ClientRequestBody::Counted(b, _) => b.is_end_stream(),
         }
     }
 
@@ -66,6 +78,7 @@ impl Body for ClientRequestBody {
         match self {
             ClientRequestBody::H1(b) => b.size_hint(),
             ClientRequestBody::H2(b) => b.size_hint(),
+            ClientRequestBody::Counted(b, _) => b.size_hint(),
         }
     }
 }

@@ -20,9 +20,12 @@ use super::body::{
     read_request_body, ClientRequestBody, NoReplay, ReadBodyError, ReplayBudget, RequestBody,
     UpstreamBody,
 };
-use super::h1::head::{is_upgrade, remove_hop_by_hop, NamedHost, RawFields, UpstreamHead};
+use super::h1::head::{
+    is_upgrade, remove_hop_by_hop, Forwarding, NamedHost, RawFields, UpstreamHead,
+};
 use super::h1::inbound::H1BodyError;
 use super::rescue::ProxyError;
+use super::trail::Trail;
 use super::upstream::{self, ResponseBody};
 use super::{ConnInfo, Limits, RouteRuntime};
 use crate::insight::Class;
@@ -38,6 +41,12 @@ pub(super) struct How<'p> {
     pub path: &'p str,
     /// Whether `path` differs from the one the client sent: then upstreams get `path`.
     pub rewritten: bool,
+    /// The client the request speaks for (`X-Real-IP`, FastCGI's `REMOTE_ADDR`).
+    pub client: std::net::IpAddr,
+    /// `X-Request-Id`, the same on both attempts.
+    pub request_id: HeaderValue,
+    /// The access log's notes.
+    pub trail: &'p Trail,
 }
 
 /// How much of a primary's "not found" body is read so its connection can be reused
@@ -61,17 +70,20 @@ pub(super) async fn forward(
         .as_ref()
         .is_none_or(http_body::Body::is_end_stream);
     let (parts, body) = req.into_parts();
-    let head = prepare_head(
-        parts,
-        fields,
+    let trail = how.trail;
+    let asked = Asked {
         conn,
+        client: how.client,
+        request_id: how.request_id,
         upgrade,
-        how.rewritten.then(|| how.path.to_owned()),
-    );
+        rewritten_path: how.rewritten.then(|| how.path.to_owned()),
+    };
+    let head = prepare_head(parts, fields, asked);
     let read_idle = how.limits.upstream_read_timeout;
     let at = Routed {
         path: how.path,
         started,
+        trail,
     };
     let rule = route.cut_over(how.path);
     let direct = match rule {
@@ -120,8 +132,14 @@ pub(super) async fn forward(
         RequestBody::Streaming(body, why) => (body, None, Some(why)),
     };
     let skipped = || match no_replay {
-        Some(NoReplay::BudgetSpent) => rt.metrics.fallback_skipped_replay_budget(),
-        _ => rt.metrics.fallback_skipped_body_too_large(),
+        Some(NoReplay::BudgetSpent) => {
+            trail.skipped("replay_budget");
+            rt.metrics.fallback_skipped_replay_budget()
+        }
+        _ => {
+            trail.skipped("body_too_large");
+            rt.metrics.fallback_skipped_body_too_large()
+        }
     };
 
     let primary = match pick(rt, &route.primary, Answerer::Primary) {
@@ -132,6 +150,7 @@ pub(super) async fn forward(
                 &route.primary.protocol,
                 endpoint,
                 started,
+                trail,
             );
             send(rt, route, attempt, &head, body, read_idle).await
         }
@@ -153,13 +172,15 @@ pub(super) async fn forward(
                 Trigger::Status => rt.metrics.fallback_on_status(),
                 Trigger::Unreachable => rt.metrics.fallback_on_error(),
             }
+            trail.fell_back(trigger.name());
             match primary {
                 // Boxed: a primary hit, the hot path, then moves a much smaller future.
                 Ok(primary) => {
                     Box::pin(fall_back(rt, route, &head, primary, replay, at, read_idle)).await
                 }
                 Err(_) => {
-                    let resp = Box::pin(send_fallback(rt, route, &head, replay, read_idle)).await?;
+                    let resp =
+                        Box::pin(send_fallback(rt, route, &head, replay, read_idle, trail)).await?;
                     Ok(respond(rt, route, Answerer::Fallback, resp, at, false))
                 }
             }
@@ -216,6 +237,16 @@ enum Trigger {
     Status,
     /// An unreachable primary, with `fallbackOnError`.
     Unreachable,
+}
+
+impl Trigger {
+    /// The `reason` of `fallthrough_fallbacks_total` and the access log.
+    fn name(self) -> &'static str {
+        match self {
+            Trigger::Status => "status",
+            Trigger::Unreachable => "error",
+        }
+    }
 }
 
 /// The policy after the primary, pure: a `fallbackOn` status, or an unreachable primary
@@ -277,7 +308,11 @@ async fn straight_to_fallback(
         Direct::Remembered => rt.metrics.fallback_remembered(),
         Direct::SkipPrimary => rt.metrics.fallback_skip_primary(),
     }
-    let fallback = send_fallback(rt, route, head, body, how.read_idle).await?;
+    how.at.trail.fell_back(match how.direct {
+        Direct::Remembered => "remembered",
+        Direct::SkipPrimary => "skip_primary",
+    });
+    let fallback = send_fallback(rt, route, head, body, how.read_idle, how.at.trail).await?;
     if how.direct == Direct::Remembered && route.falls_back_on(fallback.status().as_u16()) {
         // The new app does not serve it either (any more): ask the primary next time.
         if let Some(memory) = &rt.remembered {
@@ -307,7 +342,7 @@ async fn fall_back(
     read_idle: std::time::Duration,
 ) -> Result<Response<ClientBody>, ProxyError> {
     let kept = keep_primary_answer(route, primary).await;
-    let fallback = send_fallback(rt, route, head, replay, read_idle).await?;
+    let fallback = send_fallback(rt, route, head, replay, read_idle, at.trail).await?;
     let served = !route.falls_back_on(fallback.status().as_u16());
     if served {
         if let Some(memory) = &rt.remembered {
@@ -327,6 +362,7 @@ async fn send_fallback(
     head: &UpstreamHead,
     replay: UpstreamBody,
     read_idle: std::time::Duration,
+    trail: &Trail,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let endpoint = pick(rt, &route.fallback, Answerer::Fallback)?;
     let attempt = Attempt::new(
@@ -334,6 +370,7 @@ async fn send_fallback(
         &route.fallback.protocol,
         endpoint,
         Instant::now(),
+        trail,
     );
     send(rt, route, attempt, head, replay, read_idle).await
 }
@@ -370,18 +407,24 @@ async fn keep_primary_answer(route: &Route, resp: Response<ResponseBody>) -> Opt
     }
 }
 
+/// What the upstream head is built from, besides the client's head.
+struct Asked<'c> {
+    conn: &'c ConnInfo,
+    /// The client the request speaks for.
+    client: std::net::IpAddr,
+    request_id: HeaderValue,
+    upgrade: bool,
+    /// The normalised path the request was routed on, when it differs from the sent one.
+    rewritten_path: Option<String>,
+}
+
 /// Rewrites the client's request head into the head every upstream attempt shares.
 ///
 /// The host is the target's authority when it has one (HTTP/2's `:authority`, an
 /// HTTP/1.1 absolute-form target: RFC 9112 §3.2.2 has it replace `Host`), else the
-/// client's `Host`. `rewritten_path` is the normalised path the request was routed on.
-fn prepare_head(
-    mut parts: Parts,
-    fields: RawFields,
-    conn: &ConnInfo,
-    upgrade: bool,
-    rewritten_path: Option<String>,
-) -> UpstreamHead {
+/// client's `Host`.
+fn prepare_head(mut parts: Parts, fields: RawFields, asked: Asked<'_>) -> UpstreamHead {
+    let conn = asked.conn;
     let host = match parts.uri.authority() {
         Some(authority) => {
             let host = HeaderValue::from_str(authority.as_str()).ok();
@@ -397,15 +440,29 @@ fn prepare_head(
             .map(NamedHost::Value)
             .or_else(|| fields.host_bytes().map(NamedHost::Raw)),
     };
-    let target = rewritten_path.map(|path| match parts.uri.query() {
+    let target = asked.rewritten_path.map(|path| match parts.uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path,
     });
-    remove_hop_by_hop(&mut parts.headers, upgrade);
-    let mut head = UpstreamHead::new(parts, fields, &conn.client_ip, conn.proto, host);
+    remove_hop_by_hop(&mut parts.headers, asked.upgrade);
+    let mut peers = conn.peers;
+    let real_ip = if asked.client == peers.client.ip() {
+        conn.client_ip.clone()
+    } else {
+        peers.client.set_ip(asked.client);
+        HeaderValue::from_str(&asked.client.to_string()).expect("an IP is a valid header")
+    };
+    let forwarding = Forwarding {
+        peer: &conn.client_ip,
+        trusted: conn.trusted,
+        proto: conn.proto,
+        real_ip,
+        request_id: asked.request_id,
+    };
+    let mut head = UpstreamHead::new(parts, fields, forwarding, host);
     head.target = target;
-    head.upgrade = upgrade;
-    head.peers = conn.peers;
+    head.upgrade = asked.upgrade;
+    head.peers = peers;
     head
 }
 
@@ -421,12 +478,13 @@ fn pick<'r>(
     })
 }
 
-/// Who an upstream attempt goes to, and when its clock started.
+/// Who an upstream attempt goes to, when its clock started, and where it is noted.
 struct Attempt<'r> {
     backend: Answerer,
     protocol: &'r Protocol,
     endpoint: &'r Endpoint,
     started: Instant,
+    trail: &'r Trail,
 }
 
 impl<'r> Attempt<'r> {
@@ -435,12 +493,14 @@ impl<'r> Attempt<'r> {
         protocol: &'r Protocol,
         endpoint: &'r Endpoint,
         started: Instant,
+        trail: &'r Trail,
     ) -> Self {
         Attempt {
             backend,
             protocol,
             endpoint,
             started,
+            trail,
         }
     }
 }
@@ -459,6 +519,7 @@ async fn send(
         protocol,
         endpoint,
         started,
+        trail,
     } = attempt;
     let result = upstream::send(
         protocol,
@@ -470,7 +531,10 @@ async fn send(
         body,
     )
     .await;
-    rt.metrics.upstream_attempt(backend, started.elapsed());
+    let took = started.elapsed();
+    rt.metrics.upstream_attempt(backend, took);
+    let status = result.as_ref().ok().map(|resp| resp.status().as_u16());
+    trail.tried(backend, endpoint, status, took);
     let err = match result {
         Ok(resp) => return Ok(resp),
         Err(upstream::UpstreamError::ResponseTimeout) => ProxyError::UpstreamTimeout(backend),
@@ -496,11 +560,13 @@ async fn send(
     Err(err)
 }
 
-/// What a request's answer is recorded under: its routed path, and when it came.
+/// What a request's answer is recorded under: its routed path, and when it came; and
+/// where the access log's notes go.
 #[derive(Clone, Copy)]
 struct Routed<'p> {
     path: &'p str,
     started: Instant,
+    trail: &'p Trail,
 }
 
 /// Streams an upstream response to the client; a 101's body is the tunnel to the
@@ -526,6 +592,7 @@ fn respond(
     };
     rt.record
         .record(at.path, class, backend == Answerer::Fallback, at.started);
+    at.trail.answered(backend);
     let started = at.started;
     let (parts, body) = resp.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
@@ -551,6 +618,7 @@ fn respond(
 fn respond_kept(rt: &RouteRuntime, kept: KeptAnswer, at: Routed<'_>) -> Response<ClientBody> {
     rt.record
         .record(at.path, Some(Class::Missing), false, at.started);
+    at.trail.answered(Answerer::Primary);
     let started = at.started;
     let KeptAnswer {
         mut parts,

@@ -41,6 +41,7 @@ use super::body::ClientRequestBody;
 use super::h1::codec::MAX_HEAD_BYTES;
 use super::h1::head::RawFields;
 use super::h1::server::{self, Served};
+use super::proxy_protocol;
 use super::{ConnInfo, Proxy};
 
 /// HTTP/2 streams a connection may have open at once.
@@ -98,12 +99,14 @@ pub async fn serve_workers(
                             return Drained::Clean;
                         }
                     };
-                    let housekeeping = tokio::spawn(housekeeping());
+                    let housekeeping = tokio::spawn(housekeeping(proxy.clone()));
                     let (plain, secure) = tokio::join!(
                         serve(proxy.clone(), listener, None, stop_rx.clone(), grace),
-                        serve(proxy, tls_listener, Some(tls), stop_rx, grace),
+                        serve(proxy.clone(), tls_listener, Some(tls), stop_rx, grace),
                     );
                     housekeeping.abort();
+                    // What this worker logged while draining.
+                    proxy.flush_access_log();
                     if plain == Drained::Clean && secure == Drained::Clean {
                         Drained::Clean
                     } else {
@@ -124,21 +127,22 @@ pub async fn serve_workers(
 }
 
 /// A worker thread's housekeeping, run for as long as the worker: once a second it
-/// closes idle upstream connections whose idle timeout has passed and refreshes the
-/// cached `Date` header.
+/// closes idle upstream connections whose idle timeout has passed, refreshes the
+/// cached `Date` header and hands its access log lines to the writer.
 ///
 /// The tick matters beyond that. Tokio's timer wakes its driver through an eventfd
 /// whenever a timer is armed earlier than the driver's next planned wake-up; with no
 /// other timer pending, that is every per-request timer hyper arms on the connections
 /// it serves (one more write and epoll round trip each). A tick always due within a
 /// second keeps those 30-second deadlines later than the next wake-up.
-async fn housekeeping() {
+async fn housekeeping(proxy: Arc<Proxy>) {
     let mut tick = tokio::time::interval(TICK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         super::upstream::sweep_idle(std::time::Instant::now());
         server::refresh_date();
+        proxy.flush_access_log();
     }
 }
 
@@ -176,32 +180,22 @@ async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let mut info = ConnInfo::new(peer, tls.is_some());
-                if let Ok(local) = stream.local_addr() {
-                    info = info.at(local);
-                }
-                let conn_info = info.clone();
-                let service_proxy = proxy.clone();
-                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let proxy = service_proxy.clone();
-                    let info = info.clone();
-                    async move {
-                        let req = req.map(|body| Some(ClientRequestBody::H2(body)));
-                        let resp = proxy.handle(req, RawFields::default(), &info).await;
-                        Ok::<_, Infallible>(super::answer::with_header_map(resp))
-                    }
-                });
+                let mut stream = stream;
                 // The watcher makes draining wait for the connection, whoever serves it.
                 let watcher = graceful.watcher();
                 let (proxy, h2, stop) = (proxy.clone(), h2.clone(), stop.clone());
                 match &tls {
                     None => {
                         tokio::spawn(async move {
-                            let (read, stream) = match server::serve_tcp(&proxy, stream, &conn_info, &stop).await {
+                            let Some(info) = conn_info(&proxy, &mut stream, peer, false).await else {
+                                return;
+                            };
+                            let (read, stream) = match server::serve_tcp(&proxy, stream, &info, &stop).await {
                                 Served::Closed => return,
                                 Served::HandOff(read, stream) => (read, stream),
                             };
                             let io = TokioIo::new(Rewound::new(read, stream));
+                            let service = h2_service(proxy.clone(), info);
                             if let Err(err) = watcher.watch(h2.serve_connection(io, service)).await {
                                 tracing::debug!(error = %err, %peer, "client connection ended with an error");
                             }
@@ -210,6 +204,9 @@ async fn serve(
                     Some(acceptor) => {
                         let acceptor = acceptor.clone();
                         tokio::spawn(async move {
+                            let Some(info) = conn_info(&proxy, &mut stream, peer, true).await else {
+                                return;
+                            };
                             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                                 Ok(Ok(stream)) => stream,
                                 Ok(Err(err)) => {
@@ -226,11 +223,12 @@ async fn serve(
                             // on h2 and then sends something else is closed, not answered.
                             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                                 let io = TokioIo::new(stream);
+                                let service = h2_service(proxy.clone(), info);
                                 if let Err(err) = watcher.watch(h2.serve_connection(io, service)).await {
                                     tracing::debug!(error = %err, %peer, "client connection ended with an error");
                                 }
                             } else {
-                                server::serve_io(&proxy, stream, &conn_info, &stop).await;
+                                server::serve_io(&proxy, stream, &info, &stop).await;
                                 drop(watcher);
                             }
                         });
@@ -246,6 +244,58 @@ async fn serve(
         Ok(()) => Drained::Clean,
         Err(_) => Drained::GraceExpired,
     }
+}
+
+/// What the proxy knows of a new connection from `peer`: whether it is a trusted
+/// proxy, and, with `--proxy-protocol`, the client its PROXY header names. `None`: a
+/// trusted proxy's connection without a valid header, closed.
+async fn conn_info(
+    proxy: &Proxy,
+    stream: &mut tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    tls: bool,
+) -> Option<ConnInfo> {
+    let front = proxy.front();
+    let mut client = peer;
+    if front.proxy_protocol && front.trusted.trusts(peer.ip()) {
+        match proxy_protocol::read_header(stream, proxy.limits().header_timeout).await {
+            Ok(Some(named)) => client = named,
+            Ok(None) => {}
+            Err(err) => {
+                tracing::debug!(error = %err, %peer, "closing a trusted proxy's connection");
+                proxy.proxy_header_refused();
+                return None;
+            }
+        }
+    }
+    let mut info = ConnInfo::new(client, tls).judged(&front.trusted);
+    if let Ok(local) = stream.local_addr() {
+        info = info.at(local);
+    }
+    Some(info)
+}
+
+/// What hyper's HTTP/2 server calls for each request of a connection.
+fn h2_service(
+    proxy: Arc<Proxy>,
+    info: ConnInfo,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<super::answer::ClientBody>,
+    Error = Infallible,
+    Future = impl std::future::Future<
+        Output = Result<http::Response<super::answer::ClientBody>, Infallible>,
+    > + Send,
+> + Clone {
+    service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let proxy = proxy.clone();
+        let info = info.clone();
+        async move {
+            let req = req.map(|body| Some(ClientRequestBody::H2(body)));
+            let resp = proxy.handle(req, RawFields::default(), &info).await;
+            Ok::<_, Infallible>(super::answer::with_header_map(resp))
+        }
+    })
 }
 
 /// A connection handed to HTTP/2: the bytes already read come first.

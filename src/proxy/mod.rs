@@ -15,8 +15,11 @@ mod forward;
 pub mod h1;
 pub mod listener;
 pub mod path;
+pub mod proxy_protocol;
 pub mod remembered;
 pub mod rescue;
+mod trail;
+pub mod trust;
 mod upstream;
 
 use std::collections::HashMap;
@@ -26,8 +29,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use http::header::HeaderName;
 use http::{HeaderValue, Method, Request, Response, Version};
 
+use crate::access_log::{AccessLog, Entry, Pending};
 use crate::insight::recorder::{Insight, RouteRecord};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::routes::RouteTable;
@@ -36,6 +41,11 @@ use answer::ClientBody;
 use body::{ClientRequestBody, ReplayBudget};
 use h1::head::RawFields;
 use rescue::{rescue, ProxyError};
+use trail::Trail;
+use trust::TrustedProxies;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A routing table plus what the proxy needs per route at request time.
 pub struct Snapshot {
@@ -45,6 +55,8 @@ pub struct Snapshot {
 
 /// Per-route request-time state, parallel to the table's routes.
 struct RouteRuntime {
+    /// `namespace/name`, as the access log names it.
+    key: Arc<str>,
     metrics: Arc<RouteMetrics>,
     /// The paths sent straight to the fallback, with `rememberFallbacks`; carried over
     /// to the next table while the route's spec stays the same.
@@ -68,17 +80,22 @@ impl RouteRuntime {
 /// What the proxy knows about one client connection.
 #[derive(Clone)]
 pub struct ConnInfo {
+    /// The peer's address as text, which `X-Forwarded-For` ends with.
     client_ip: HeaderValue,
+    /// The peer is a trusted proxy (`--trusted-proxies`): its forwarding fields count.
+    trusted: bool,
     proto: &'static str,
     peers: fastcgi::params::Peers,
 }
 
 impl ConnInfo {
-    /// A connection from `peer`, over TLS or not.
+    /// A connection from `peer` (the TCP peer, or the client a trusted proxy's PROXY
+    /// header named), over TLS or not.
     pub fn new(peer: SocketAddr, tls: bool) -> Self {
         let ip = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP is a valid header");
         ConnInfo {
             client_ip: ip,
+            trusted: false,
             proto: if tls { "https" } else { "http" },
             peers: fastcgi::params::Peers {
                 client: peer,
@@ -92,6 +109,24 @@ impl ConnInfo {
         self.peers.server = local;
         self
     }
+
+    /// The same connection, its peer judged by `trusted`.
+    pub fn judged(mut self, trusted: &TrustedProxies) -> Self {
+        self.trusted = trusted.trusts(self.peers.client.ip());
+        self
+    }
+}
+
+/// What stands in front of the proxy, and what it tells about each request: the
+/// trusted proxies, the PROXY protocol, the access log.
+#[derive(Clone, Default)]
+pub struct Front {
+    /// Peers whose forwarding fields and PROXY headers are believed.
+    pub trusted: TrustedProxies,
+    /// Connections from trusted proxies start with a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// Where each request's line goes, if anywhere.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// Every limit and timeout the data plane enforces, in one place; each is read by the
@@ -137,6 +172,7 @@ pub struct Proxy {
     snapshot: PerWorker<ArcSwap<CacheLine<Arc<Snapshot>>>>,
     metrics: Arc<Metrics>,
     insight: Arc<Insight>,
+    front: Front,
 }
 
 impl Proxy {
@@ -147,6 +183,7 @@ impl Proxy {
         insight: Arc<Insight>,
         limits: Limits,
         workers: usize,
+        front: Front,
     ) -> Arc<Self> {
         let empty = Arc::new(Snapshot {
             table: RouteTable::default(),
@@ -159,6 +196,7 @@ impl Proxy {
             snapshot: PerWorker::new(workers, || ArcSwap::from_pointee(CacheLine(empty.clone()))),
             metrics,
             insight,
+            front,
         })
     }
 
@@ -200,6 +238,7 @@ impl Proxy {
                     }
                 });
                 RouteRuntime {
+                    key: Arc::from(format!("{}/{}", route.namespace, route.name)),
                     metrics: Arc::new(self.metrics.route(route)),
                     remembered,
                     record: self.insight.route(&route.key()),
@@ -218,27 +257,77 @@ impl Proxy {
     /// Handles one client request; never fails, errors become responses. HTTP/1.x
     /// heads may keep their fields raw, in `fields` rather than the request's map.
     ///
-    /// The path is normalised before routing (see [`path`]) and the normalised path is
-    /// what the backend gets: a backend never sees a path that would route elsewhere.
+    /// Every answer carries the request's `X-Request-Id`, and, with the access log on,
+    /// its line is written at the answer's last byte.
     pub async fn handle(
         &self,
-        req: Request<Option<ClientRequestBody>>,
+        mut req: Request<Option<ClientRequestBody>>,
         fields: RawFields,
         conn: &ConnInfo,
     ) -> Response<ClientBody> {
         let started = Instant::now();
+        let peer = conn.peers.client.ip();
+        // Only a trusted proxy's fields are read; nobody else's reach this far intact.
+        let (client, request_id) = if conn.trusted {
+            let sent = req.headers().get_all(&X_FORWARDED_FOR).iter();
+            let client = self
+                .front
+                .trusted
+                .client(peer, sent.map(HeaderValue::as_bytes));
+            (client, trust::request_id(req.headers().get(&X_REQUEST_ID)))
+        } else {
+            (peer, trust::new_request_id())
+        };
+        let trail = Trail::new(self.front.access_log.is_some());
+        let entry = self.front.access_log.as_ref().map(|_| {
+            if let Some(counter) = trail.count_received() {
+                let body = req.body_mut().take();
+                *req.body_mut() = body.map(|b| ClientRequestBody::Counted(Box::new(b), counter));
+            }
+            entry_of(&req, &fields, client, &request_id)
+        });
+        let asked = Asked {
+            started,
+            client,
+            request_id: request_id.clone(),
+            trail: &trail,
+        };
+        let mut resp = self.answer(req, fields, conn, asked).await;
+        resp.headers_mut().insert(&X_REQUEST_ID, request_id);
+        if let (Some(log), Some(mut entry)) = (&self.front.access_log, entry) {
+            let received = trail.fill(&mut entry);
+            entry.status = resp.status().as_u16();
+            resp.body_mut()
+                .log(Pending::new(entry, started, log.clone(), received));
+        }
+        resp
+    }
+
+    /// Routes the request and forwards it.
+    ///
+    /// The path is normalised before routing (see [`path`]) and the normalised path is
+    /// what the backend gets: a backend never sees a path that would route elsewhere.
+    async fn answer(
+        &self,
+        req: Request<Option<ClientRequestBody>>,
+        fields: RawFields,
+        conn: &ConnInfo,
+        asked: Asked<'_>,
+    ) -> Response<ClientBody> {
+        let started = asked.started;
+        let trail = asked.trail;
         let held = self.snapshot.local().load_full();
         let snapshot = &held.0;
         if req.method() == Method::CONNECT {
-            return self.unrouted(&ProxyError::ConnectMethod);
+            return self.refused(&ProxyError::ConnectMethod, trail);
         }
         let host = match request_host(&req, &fields) {
             Ok(Some(host)) => host,
             Ok(None) if req.version() >= Version::HTTP_11 => {
-                return self.unrouted(&ProxyError::MissingHost)
+                return self.refused(&ProxyError::MissingHost, trail)
             }
             Ok(None) => "",
-            Err(err) => return self.unrouted(&err),
+            Err(err) => return self.refused(&err, trail),
         };
         // A clone shares the URI's bytes: the routed path outlives the request, which
         // moves on upstream, for what the route remembers and records of it.
@@ -250,14 +339,15 @@ impl Proxy {
         } else {
             match path::normalize(target) {
                 Ok(path) => path,
-                Err(err) => return self.unrouted(&ProxyError::BadPath(err)),
+                Err(err) => return self.refused(&ProxyError::BadPath(err), trail),
             }
         };
         let Some(idx) = snapshot.table.lookup(host, &routed) else {
-            return self.unrouted(&ProxyError::NoRoute);
+            return self.refused(&ProxyError::NoRoute, trail);
         };
         let route = snapshot.table.route(idx);
         let rt = &snapshot.runtimes[idx];
+        trail.routed(&rt.key);
         if route.redirect_to_https && conn.proto == "http" {
             return https_redirect(&req, host);
         }
@@ -267,6 +357,9 @@ impl Proxy {
             budget: &self.budget,
             path: &routed,
             rewritten: matches!(routed, std::borrow::Cow::Owned(_)),
+            client: asked.client,
+            request_id: asked.request_id,
+            trail,
         };
         match forward::forward(route, rt, req, fields, conn, how).await {
             // Timed by `forward` as it built the answer: mapping it here would copy it.
@@ -277,6 +370,7 @@ impl Proxy {
                     error = %err,
                     "request failed"
                 );
+                trail.failed(err.name());
                 let resp = rescue(&err);
                 rt.metrics.own_response(resp.status().as_str());
                 rt.record.record("", None, false, started);
@@ -303,6 +397,11 @@ impl Proxy {
         Arc::new(config)
     }
 
+    /// Counts a trusted proxy's connection closed for its PROXY header.
+    pub fn proxy_header_refused(&self) {
+        self.metrics.proxy_header_refused();
+    }
+
     /// Counts a failed TLS handshake.
     pub fn handshake_failed(&self, reason: &str) {
         self.metrics.handshake_failed(reason);
@@ -318,10 +417,75 @@ impl Proxy {
         self.limits
     }
 
-    fn unrouted(&self, err: &ProxyError) -> Response<ClientBody> {
+    /// fallthrough's answer to a request refused before it had a route (or the codec
+    /// refused its head): counted with no route.
+    pub(crate) fn unrouted(&self, err: &ProxyError) -> Response<ClientBody> {
         let resp = rescue(err);
         self.metrics.unrouted_response(resp.status().as_str());
         resp
+    }
+
+    fn refused(&self, err: &ProxyError, trail: &Trail) -> Response<ClientBody> {
+        trail.failed(err.name());
+        self.unrouted(err)
+    }
+
+    /// Hands the calling worker's access log lines to the writer: once a second.
+    pub fn flush_access_log(&self) {
+        if let Some(log) = &self.front.access_log {
+            log.flush_local();
+        }
+    }
+
+    /// What stands in front of the proxy.
+    pub fn front(&self) -> &Front {
+        &self.front
+    }
+}
+
+/// What [`Proxy::handle`] learnt of a request before routing it.
+struct Asked<'t> {
+    started: Instant,
+    /// The client it speaks for.
+    client: std::net::IpAddr,
+    request_id: HeaderValue,
+    trail: &'t Trail,
+}
+
+/// The access log's entry for a request, before it is answered.
+fn entry_of(
+    req: &Request<Option<ClientRequestBody>>,
+    fields: &RawFields,
+    client: std::net::IpAddr,
+    request_id: &HeaderValue,
+) -> Entry {
+    let header = |name: http::header::HeaderName| {
+        req.headers()
+            .get(&name)
+            .cloned()
+            .or_else(|| fields.get(name.as_str().as_bytes()))
+    };
+    Entry {
+        time: std::time::SystemTime::now(),
+        client,
+        method: req.method().clone(),
+        host: request_host(req, fields).ok().flatten().map(Box::from),
+        target: req.uri().clone(),
+        version: req.version(),
+        referer: header(http::header::REFERER),
+        user_agent: header(http::header::USER_AGENT),
+        status: 0,
+        bytes_sent: 0,
+        bytes_received: 0,
+        duration: Duration::ZERO,
+        route: None,
+        backend: crate::metrics::SELF_BACKEND,
+        primary: None,
+        fallback: None,
+        fallback_reason: None,
+        fallback_skipped: None,
+        error: None,
+        request_id: request_id.clone(),
     }
 }
 

@@ -125,6 +125,29 @@ impl ProxyError {
         }
     }
 
+    /// The access log's `error` field: the condition, as one word.
+    pub fn name(&self) -> &'static str {
+        if let Some((_, kind)) = self.upstream_kind() {
+            return kind;
+        }
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::Request(RequestError::HeadTooLarge) => "head_too_large",
+            ProxyError::Request(RequestError::UnknownCoding) => "unknown_coding",
+            ProxyError::Request(RequestError::Version) => "version",
+            ProxyError::Request(_) => "malformed",
+            ProxyError::BadPath(_) => "bad_path",
+            ProxyError::ScriptPath(_) => "script_path",
+            ProxyError::LengthRequired => "length_required",
+            ProxyError::AuthorityMismatch => "authority_mismatch",
+            ProxyError::MissingHost => "missing_host",
+            ProxyError::ConnectMethod => "connect_method",
+            ProxyError::ClientBody(_) => "client_body",
+            ProxyError::ClientBodyTimeout => "client_body_timeout",
+            _ => "upstream",
+        }
+    }
+
     fn body(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "fallthrough: no route for this host and path\n",

@@ -65,6 +65,8 @@ pub struct Endpoint {
     /// the same protocol (and, for HTTPS, the same server name and trust). For plain
     /// HTTP it is the authority itself, `host:port`.
     pool_key: Box<str>,
+    /// The address as the access log shows it: `host:port` or `unix:/path`.
+    shown: Arc<str>,
 }
 
 impl Endpoint {
@@ -73,6 +75,7 @@ impl Endpoint {
             Addr::Tcp(authority) => authority.as_str().to_string(),
             Addr::Unix(path) => format!("unix:{}", path.display()),
         };
+        let shown: Arc<str> = Arc::from(place.as_str());
         let pool_key = match protocol {
             Protocol::Http => place,
             Protocol::Https(tls) => {
@@ -83,12 +86,18 @@ impl Endpoint {
         Endpoint {
             addr,
             pool_key: pool_key.into(),
+            shown,
         }
     }
 
     /// The key this endpoint's idle connections are kept under.
     pub fn pool_key(&self) -> &str {
         &self.pool_key
+    }
+
+    /// The address as the access log shows it: `host:port` or `unix:/path`.
+    pub fn shown(&self) -> Arc<str> {
+        self.shown.clone()
     }
 
     /// The TCP authority, if this is a TCP endpoint.

@@ -207,6 +207,12 @@ impl RawFields {
         self.all().filter(|(name, _)| !is_hop_by_hop_name(name))
     }
 
+    /// The first field named `name` (in any case), sharing the head.
+    pub fn get(&self, name: &[u8]) -> Option<HeaderValue> {
+        let (_, value) = self.all().find(|(n, _)| n.eq_ignore_ascii_case(name))?;
+        HeaderValue::from_maybe_shared(self.lines.slice_ref(value)).ok()
+    }
+
     /// The `Host` value, sharing the head (the codec judged it a valid host).
     pub fn host_bytes(&self) -> Option<Bytes> {
         let (start, end) = self.host?;
@@ -341,9 +347,14 @@ pub fn is_allowed_trailer(name: &[u8]) -> bool {
         || REFUSED.iter().any(|r| name.eq_ignore_ascii_case(r)))
 }
 
-/// Whether a client-sent field is one fallthrough sets itself (`X-Forwarded-*`).
-pub fn is_forwarded_name(name: &[u8]) -> bool {
-    name.len() > 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-")
+/// Whether a client-sent field is one fallthrough sets itself, or believes only from a
+/// trusted proxy: every `X-Forwarded-*`, `X-Real-IP`, `Forwarded` and `X-Request-Id`.
+pub fn is_forwarding_name(name: &[u8]) -> bool {
+    match name.len() {
+        9 => name.eq_ignore_ascii_case(b"x-real-ip") || name.eq_ignore_ascii_case(b"forwarded"),
+        12 => name.eq_ignore_ascii_case(b"x-request-id"),
+        n => n > 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-"),
+    }
 }
 
 /// Whether `value` may be a field value: what [`HeaderValue`] accepts.
@@ -407,27 +418,58 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// A request head on its way upstream: the client's head, rewritten, and the
-/// `X-Forwarded-*` fields that go behind its headers.
+/// forwarding fields that go behind its headers.
 ///
-/// The fields are kept out of the header map: inserting them there cost three hashed
-/// inserts per request for headers that are only ever written out.
+/// The fields are kept out of the header map: inserting them there cost a hashed insert
+/// each per request for headers that are only ever written out.
 pub struct UpstreamHead {
     pub parts: http::request::Parts,
     /// The client's fields not in `parts`, kept raw: only ever a head with no
-    /// `X-Forwarded-*` and no `Connection` naming fields (see [`RawFields`]).
+    /// forwarding fields and no `Connection` naming fields (see [`RawFields`]).
     pub fields: RawFields,
-    /// `X-Forwarded-For`: what the client sent, if anything, then the client's address.
+    /// `X-Forwarded-For`: a trusted proxy's list, if it sent one, then the peer.
     pub forwarded_for: HeaderValue,
-    /// `X-Forwarded-Proto`: the scheme the client used.
+    /// The scheme the client used to reach fallthrough (`X-Forwarded-Proto` unless a
+    /// trusted proxy sent its own).
     pub forwarded_proto: &'static str,
-    /// `X-Forwarded-Host`: the host the client asked for, if it named one.
+    /// The host the client asked for, if it named one (`X-Forwarded-Host` unless a
+    /// trusted proxy sent its own, and `X-Forwarded-Port`'s source).
     pub forwarded_host: Option<NamedHost>,
+    /// `X-Real-IP`: the client the request speaks for (see [`crate::proxy::trust`]).
+    pub real_ip: HeaderValue,
+    /// `X-Request-Id`, the same on every attempt.
+    pub request_id: HeaderValue,
+    /// Which fields a trusted proxy sent: kept in `parts` as they are, not set here.
+    pub kept: Kept,
     /// The request target sent instead of the client's, when its path was normalised.
     pub target: Option<String>,
     /// The request asks to switch protocols: a 101 answer is expected, not refused.
     pub upgrade: bool,
     /// The client's connection, for FastCGI's `REMOTE_ADDR` and `SERVER_ADDR`.
     pub peers: crate::proxy::fastcgi::params::Peers,
+}
+
+/// The forwarding fields a trusted proxy sent, which go upstream as it sent them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Kept {
+    pub proto: bool,
+    pub host: bool,
+    pub port: bool,
+    pub real_ip: bool,
+}
+
+/// What the connection and the trust in its peer decide for the forwarding fields.
+pub struct Forwarding<'c> {
+    /// The peer's address as text, which `X-Forwarded-For` ends with.
+    pub peer: &'c HeaderValue,
+    /// The peer is a trusted proxy: its forwarding fields are kept (and its
+    /// `X-Forwarded-For` appended to). Otherwise every one is removed.
+    pub trusted: bool,
+    /// The scheme the client used.
+    pub proto: &'static str,
+    /// `X-Real-IP`, unless a trusted proxy sent one.
+    pub real_ip: HeaderValue,
+    pub request_id: HeaderValue,
 }
 
 /// The host a request named (its authority or `Host`), as it goes upstream.
@@ -446,52 +488,86 @@ impl NamedHost {
             NamedHost::Raw(raw) => raw,
         }
     }
+
+    /// The port it names, if any (`host:8080`, `[::1]:8443`).
+    fn port(&self) -> Option<&[u8]> {
+        let host = self.as_bytes();
+        let colon = memchr::memrchr(b':', host)?;
+        let port = &host[colon + 1..];
+        let bracketed_v6 = host.first() == Some(&b'[');
+        let after_bracket = !bracketed_v6 || host[..colon].ends_with(b"]");
+        (!port.is_empty() && port.iter().all(u8::is_ascii_digit) && after_bracket).then_some(port)
+    }
 }
 
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 impl UpstreamHead {
-    /// Builds the upstream head: any `X-Forwarded-*` the client sent is taken out of
-    /// `parts` (the client's `X-Forwarded-For` is kept as the start of ours), and so is
-    /// `Expect`: the proxy reads the body before the upstream sees the request, so any
-    /// 100-continue is over.
+    /// Builds the upstream head. Forwarding fields the client sent (see
+    /// [`is_forwarding_name`]) are taken out of `parts`, or, from a trusted proxy,
+    /// kept: its `X-Forwarded-For` becomes the start of ours and its
+    /// `X-Forwarded-Proto`, `-Host`, `-Port`, `X-Real-IP` and `Forwarded` go on as
+    /// they are. So is `Expect` taken out: the proxy reads the body before the upstream
+    /// sees the request, so any 100-continue is over.
     pub fn new(
         mut parts: http::request::Parts,
         fields: RawFields,
-        client_ip: &HeaderValue,
-        proto: &'static str,
+        how: Forwarding<'_>,
         host: Option<NamedHost>,
     ) -> Self {
-        let mut forwarded_for = client_ip.clone();
+        let mut forwarded_for = how.peer.clone();
+        let mut kept = Kept::default();
         // One pass over the names; most requests carry none of these.
-        let sent_any = parts.headers.keys().any(|n| {
-            n == header::EXPECT
-                || matches!(
-                    n.as_str(),
-                    "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host"
-                )
-        });
+        let sent_any = parts
+            .headers
+            .keys()
+            .any(|n| n == header::EXPECT || is_forwarding_name(n.as_str().as_bytes()));
         if sent_any {
             parts.headers.remove(header::EXPECT);
-            let prior: Vec<u8> = parts
-                .headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .map(|v| v.as_bytes())
-                .collect::<Vec<_>>()
-                .join(&b", "[..]);
-            if !prior.is_empty() {
-                let joined = [&prior[..], b", ", client_ip.as_bytes()].concat();
-                forwarded_for = HeaderValue::from_bytes(&joined).unwrap_or(forwarded_for);
-            }
-            for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
-                parts.headers.remove(name);
+            if how.trusted {
+                let prior: Vec<u8> = parts
+                    .headers
+                    .get_all(&X_FORWARDED_FOR)
+                    .iter()
+                    .map(|v| v.as_bytes())
+                    .collect::<Vec<_>>()
+                    .join(&b", "[..]);
+                if !prior.is_empty() {
+                    let joined = [&prior[..], b", ", how.peer.as_bytes()].concat();
+                    forwarded_for = HeaderValue::from_bytes(&joined).unwrap_or(forwarded_for);
+                }
+                parts.headers.remove(&X_FORWARDED_FOR);
+                // Its id was read by the proxy and goes on as ours.
+                parts.headers.remove(&X_REQUEST_ID);
+                kept = Kept {
+                    proto: parts.headers.contains_key(&X_FORWARDED_PROTO),
+                    host: parts.headers.contains_key(&X_FORWARDED_HOST),
+                    port: parts.headers.contains_key(&X_FORWARDED_PORT),
+                    real_ip: parts.headers.contains_key(&X_REAL_IP),
+                };
+            } else {
+                let sent: Vec<HeaderName> = parts
+                    .headers
+                    .keys()
+                    .filter(|n| is_forwarding_name(n.as_str().as_bytes()))
+                    .cloned()
+                    .collect();
+                for name in sent {
+                    parts.headers.remove(name);
+                }
             }
         }
         UpstreamHead {
             parts,
             fields,
             forwarded_for,
-            forwarded_proto: proto,
+            forwarded_proto: how.proto,
             forwarded_host: host,
+            real_ip: how.real_ip,
+            request_id: how.request_id,
+            kept,
             target: None,
             upgrade: false,
             peers: crate::proxy::fastcgi::params::Peers::UNKNOWN,
@@ -509,14 +585,29 @@ impl UpstreamHead {
         }
     }
 
-    /// The `X-Forwarded-*` fields, in the order they are written.
+    /// The forwarding fields fallthrough sets, in the order they are written:
+    /// `X-Forwarded-For`, `-Proto`, `-Host`, `-Port` (the port the client named in
+    /// its host, else 80 or 443 by scheme, as Traefik sets it), `X-Real-IP`,
+    /// `X-Request-Id`; less those a trusted proxy sent.
     pub fn forwarded(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+        let port = || {
+            let named = self.forwarded_host.as_ref().and_then(NamedHost::port);
+            named.unwrap_or(match self.forwarded_proto {
+                "https" => b"443",
+                _ => b"80",
+            })
+        };
+        let kept = self.kept;
         [
             Some(("x-forwarded-for", self.forwarded_for.as_bytes())),
-            Some(("x-forwarded-proto", self.forwarded_proto.as_bytes())),
+            (!kept.proto).then_some(("x-forwarded-proto", self.forwarded_proto.as_bytes())),
             self.forwarded_host
                 .as_ref()
+                .filter(|_| !kept.host)
                 .map(|h| ("x-forwarded-host", h.as_bytes())),
+            (!kept.port).then(|| ("x-forwarded-port", port())),
+            (!kept.real_ip).then_some(("x-real-ip", self.real_ip.as_bytes())),
+            Some(("x-request-id", self.request_id.as_bytes())),
         ]
         .into_iter()
         .flatten()
@@ -661,37 +752,116 @@ mod tests {
         assert_eq!(h["connection"], "upgrade");
     }
 
-    #[test]
-    fn forwarded_for_is_appended_to_what_the_client_sent() {
+    fn upstream(trusted: bool, sent: &[(&str, &str)], host: &'static str) -> UpstreamHead {
         let mut parts = http::Request::new(()).into_parts().0;
-        parts.headers = map(&[
-            ("x-forwarded-for", "203.0.113.9"),
-            ("x-forwarded-proto", "gopher"),
-            ("x-forwarded-host", "spoofed"),
-            ("accept", "*/*"),
-        ]);
-        let ip = HeaderValue::from_static("10.0.0.1");
-        let head = UpstreamHead::new(
-            parts,
-            RawFields::default(),
-            &ip,
-            "http",
-            Some(NamedHost::Value(HeaderValue::from_static("shop"))),
+        parts.headers = map(sent);
+        let peer = HeaderValue::from_static("10.0.0.1");
+        let how = Forwarding {
+            peer: &peer,
+            trusted,
+            proto: "https",
+            real_ip: HeaderValue::from_static("198.51.100.7"),
+            request_id: HeaderValue::from_static("id-1"),
+        };
+        let host = Some(NamedHost::Value(HeaderValue::from_static(host)));
+        UpstreamHead::new(parts, RawFields::default(), how, host)
+    }
+
+    fn written(head: &UpstreamHead) -> Vec<(String, String)> {
+        let text = |n: &str, v: &[u8]| (n.to_string(), String::from_utf8_lossy(v).into_owned());
+        let map = head
+            .parts
+            .headers
+            .iter()
+            .map(|(n, v)| text(n.as_str(), v.as_bytes()));
+        map.chain(head.forwarded().map(|(n, v)| text(n, v)))
+            .collect()
+    }
+
+    const SPOOFED: &[(&str, &str)] = &[
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-forwarded-proto", "gopher"),
+        ("x-forwarded-host", "spoofed"),
+        ("x-forwarded-port", "1"),
+        ("x-forwarded-prefix", "/admin"),
+        ("x-real-ip", "6.6.6.6"),
+        ("forwarded", "for=6.6.6.6"),
+        ("x-request-id", "theirs"),
+        ("accept", "*/*"),
+    ];
+
+    #[test]
+    fn an_untrusted_peers_forwarding_fields_are_replaced() {
+        let head = upstream(false, SPOOFED, "shop:8443");
+        let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+        assert_eq!(
+            written(&head),
+            [
+                pair("accept", "*/*"),
+                pair("x-forwarded-for", "10.0.0.1"),
+                pair("x-forwarded-proto", "https"),
+                pair("x-forwarded-host", "shop:8443"),
+                pair("x-forwarded-port", "8443"),
+                pair("x-real-ip", "198.51.100.7"),
+                pair("x-request-id", "id-1"),
+            ]
         );
-        let fields: Vec<_> = head.forwarded().collect();
+    }
+
+    #[test]
+    fn a_trusted_peers_fields_are_kept_and_appended_to() {
+        let head = upstream(true, SPOOFED, "shop");
+        let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+        let mut got = written(&head);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                pair("accept", "*/*"),
+                pair("forwarded", "for=6.6.6.6"),
+                pair("x-forwarded-for", "203.0.113.9, 10.0.0.1"),
+                pair("x-forwarded-host", "spoofed"),
+                pair("x-forwarded-port", "1"),
+                pair("x-forwarded-prefix", "/admin"),
+                pair("x-forwarded-proto", "gopher"),
+                pair("x-real-ip", "6.6.6.6"),
+                pair("x-request-id", "id-1"),
+            ],
+            "each once: the trusted proxy's id was read into ours"
+        );
+        // Nothing sent: fallthrough's own, the port by scheme.
+        let head = upstream(true, &[], "shop");
+        let fields: Vec<_> = head.forwarded().map(|(n, _)| n).collect();
         assert_eq!(
             fields,
             [
-                ("x-forwarded-for", &b"203.0.113.9, 10.0.0.1"[..]),
-                ("x-forwarded-proto", b"http"),
-                ("x-forwarded-host", b"shop"),
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-forwarded-port",
+                "x-real-ip",
+                "x-request-id"
             ]
         );
-        let left: Vec<_> = head.parts.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(
-            left,
-            ["accept"],
-            "the client's own fields are not sent twice"
+            head.forwarded().nth(3).unwrap().1,
+            b"443",
+            "https without a port"
         );
+    }
+
+    #[test]
+    fn the_port_is_the_hosts_when_it_names_one() {
+        for (host, port) in [
+            ("shop", "443"),
+            ("shop:8443", "8443"),
+            ("[::1]:8080", "8080"),
+            ("[::1]", "443"),
+            ("shop:", "443"),
+        ] {
+            let head = upstream(false, &[], host);
+            let got = head.forwarded().find(|(n, _)| *n == "x-forwarded-port");
+            assert_eq!(got.unwrap().1, port.as_bytes(), "{host}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use http::{Method, StatusCode, Uri, Version};
 
 use super::{parse_content_length, skip_empty_lines, MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::proxy::h1::head::{
-    has_token, is_forwarded_name, is_hop_by_hop_name, names_field, names_fields, FieldScan,
+    has_token, is_forwarding_name, is_hop_by_hop_name, names_field, names_fields, FieldScan,
     RawFields,
 };
 
@@ -75,7 +75,8 @@ pub struct RequestHead {
     /// `TE: trailers`: the client accepts trailer fields.
     pub trailers: bool,
     /// The fields cannot go upstream as they are: `Connection` names fields to drop, the
-    /// client sent `X-Forwarded-*`, or an absolute-form target replaces `Host`.
+    /// client sent forwarding fields (`X-Forwarded-*`, `X-Real-IP`, `Forwarded`,
+    /// `X-Request-Id`), or an absolute-form target replaces `Host`.
     pub rewrite: bool,
 }
 
@@ -309,7 +310,7 @@ impl Facts {
                 self.te_trailers |= has_token(value, b"trailers");
                 Cut::Yes
             }
-            _ if is_forwarded_name(name) => {
+            _ if is_forwarding_name(name) => {
                 self.rewrite = true;
                 Cut::No
             }

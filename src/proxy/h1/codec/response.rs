@@ -102,10 +102,12 @@ pub fn parse_response_head(
     }
     let mut fields = FramingFields::default();
     let mut scan = FieldScan::new(buf);
+    let mut request_id = false;
     for h in parsed.headers.iter() {
         // httparse's strict parse already admits only `HeaderValue` bytes.
         let name = h.name.as_bytes();
         fields.see(name, h.value);
+        request_id |= name.eq_ignore_ascii_case(b"x-request-id");
         scan.facts.dated |= name.eq_ignore_ascii_case(b"date");
         scan.see(name, h.value, is_hop_by_hop_name(name));
     }
@@ -115,11 +117,13 @@ pub fn parse_response_head(
     let spans = scan.finish(len);
     let (framing, keep_alive) = response_framing(status, version, &fields, asked)?;
     // Kept raw unless a field must be rewritten: a 101 keeps `Upgrade`, both framings
-    // lose `Content-Length`, `Connection` may name more fields to drop.
+    // lose `Content-Length`, `Connection` may name more fields to drop, and the proxy
+    // sets `X-Request-Id` in the map, where it replaces an echo of it.
     let both_framings = fields.transfer_encoding.is_some() && fields.content_length;
     let rewrite = status == StatusCode::SWITCHING_PROTOCOLS
         || both_framings
-        || fields.connection_names_fields;
+        || fields.connection_names_fields
+        || request_id;
     let first = parsed
         .headers
         .first()

@@ -119,6 +119,11 @@ fn request_heads_follow_rfc_9112() {
         ("PUT / HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n", "PUT / HTTP/1.1 empty, left \"\"", "nginx: other expectations ignored"),
         ("GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n", "GET / HTTP/1.1 empty trailers, left \"\"", "TE: trailers"),
         ("GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n", "GET / HTTP/1.1 empty rewrite, left \"\"", "X-Forwarded-* are rewritten"),
+        ("GET / HTTP/1.1\r\nHost: a\r\nx-forwarded-prefix: /a\r\n\r\n", "GET / HTTP/1.1 empty rewrite, left \"\"", "every X-Forwarded-* is judged by trust"),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX-Real-IP: 1.2.3.4\r\n\r\n", "GET / HTTP/1.1 empty rewrite, left \"\"", "X-Real-IP too"),
+        ("GET / HTTP/1.1\r\nHost: a\r\nForwarded: for=1.2.3.4\r\n\r\n", "GET / HTTP/1.1 empty rewrite, left \"\"", "RFC 7239 Forwarded too"),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: abc\r\n\r\n", "GET / HTTP/1.1 empty rewrite, left \"\"", "X-Request-Id too"),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX-Request: abc\r\nX-Real-IPs: 1\r\n\r\n", "GET / HTTP/1.1 empty, left \"\"", "only those names"),
         // Limits.
         ("GET / HTTP/1.1\r\nHost: a\r\n", "incomplete", "partial head"),
     ];

@@ -1,0 +1,273 @@
+//! The access log: one line per request, who answered it and why, written off the
+//! request path.
+//!
+//! In: an [`Entry`] for each request, completed when its response's last byte is sent
+//! (or the client goes away), from any worker.
+//! Out: lines on stdout or in a file ([`format`] has both forms), and
+//! `fallthrough_access_log_dropped_total` for the lines the writer could not keep up
+//! with.
+//!
+//! Why batches and a thread: a `write` per request on the worker would make every
+//! request wait on the disk (or on whoever reads stdout). Each worker appends to its
+//! own buffer; a full buffer, or the worker's once-a-second tick, hands the batch to one
+//! writer thread through a queue of [`QUEUED_BATCHES`]. When the queue is full the batch
+//! is dropped and its lines counted, never queued without bound. The memory this can
+//! hold is `workers × (BATCH_BYTES + one line) + QUEUED_BATCHES × (BATCH_BYTES + one line)`:
+//! about 1.2 MiB with two workers. A line holds each client-sent field cut at
+//! [`format::MAX_FIELD`] bytes, so one line stays under 10 KiB.
+
+pub mod format;
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderValue, Method, Uri, Version};
+use prometheus::IntCounter;
+
+use crate::shard::PerWorker;
+
+/// A worker hands its buffer to the writer once it holds this much.
+pub const BATCH_BYTES: usize = 64 * 1024;
+/// Batches waiting for the writer; past this, batches are dropped and counted.
+pub const QUEUED_BATCHES: usize = 16;
+
+/// The line format (`--access-log`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// nginx's `combined` format, then the rest as `key=value`.
+    Text,
+    /// One JSON object per line, every field always present (`null` when it has none).
+    Json,
+}
+
+/// What the log says of one request.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// When its head was read.
+    pub time: SystemTime,
+    /// The client it speaks for (see `proxy::trust`).
+    pub client: IpAddr,
+    pub method: Method,
+    /// The host it named, if any.
+    pub host: Option<Box<str>>,
+    /// The request target as the client sent it (not normalised).
+    pub target: Uri,
+    pub version: Version,
+    pub referer: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
+    pub status: u16,
+    /// Response body bytes sent (nginx's `$body_bytes_sent`).
+    pub bytes_sent: u64,
+    /// Request body bytes read from the client.
+    pub bytes_received: u64,
+    /// From its head being read to its answer's last byte.
+    pub duration: Duration,
+    /// `namespace/name`; `None` when no route matched.
+    pub route: Option<Arc<str>>,
+    /// Who produced the answer: `primary`, `fallback` or `fallthrough`.
+    pub backend: &'static str,
+    pub primary: Option<Tried>,
+    pub fallback: Option<Tried>,
+    /// Why the fallback was asked: `status`, `error`, `remembered`, `skip_primary`.
+    pub fallback_reason: Option<&'static str>,
+    /// Why it was not, though the primary's answer called for it: `body_too_large`,
+    /// `replay_budget`.
+    pub fallback_skipped: Option<&'static str>,
+    /// fallthrough's own error, when it answered (`no_route`, `connect`, `timeout`...).
+    pub error: Option<&'static str>,
+    pub request_id: HeaderValue,
+}
+
+/// One upstream attempt.
+#[derive(Debug, Clone)]
+pub struct Tried {
+    /// The endpoint: `host:port` or `unix:/path`.
+    pub addr: Arc<str>,
+    /// Its response status; `None` when it gave none (refused, timed out, broken).
+    pub status: Option<u16>,
+    /// From sending the request to its response head (or the failure).
+    pub duration: Duration,
+}
+
+/// Where lines go.
+pub enum Sink {
+    Stdout,
+    File(std::fs::File),
+}
+
+/// What the writer thread is sent.
+enum Batch {
+    Lines(Vec<u8>),
+    /// Everything sent before it is written: acknowledge.
+    Flush(mpsc::Sender<()>),
+}
+
+/// The access log of a running proxy: a buffer per worker and the writer thread.
+pub struct AccessLog {
+    format: Format,
+    buffers: PerWorker<Mutex<Buffer>>,
+    queue: SyncSender<Batch>,
+    dropped: IntCounter,
+}
+
+#[derive(Default)]
+struct Buffer {
+    bytes: Vec<u8>,
+    lines: u64,
+}
+
+impl AccessLog {
+    /// Starts the writer thread for `workers` workers; lines that cannot be written
+    /// (a full queue, a failed write) count in `dropped`.
+    pub fn start(
+        format: Format,
+        sink: Sink,
+        workers: usize,
+        dropped: IntCounter,
+    ) -> std::io::Result<Arc<Self>> {
+        let (queue, batches) = mpsc::sync_channel(QUEUED_BATCHES);
+        let failed = dropped.clone();
+        std::thread::Builder::new()
+            .name("fallthrough-access-log".into())
+            .spawn(move || write_batches(sink, batches, failed))?;
+        Ok(Arc::new(AccessLog {
+            format,
+            buffers: PerWorker::new(workers, || Mutex::new(Buffer::default())),
+            queue,
+            dropped,
+        }))
+    }
+
+    /// Logs one finished request, into the calling worker's buffer.
+    pub fn log(&self, entry: &Entry) {
+        let mut buffer = self
+            .buffers
+            .local()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match self.format {
+            Format::Text => format::text(entry, &mut buffer.bytes),
+            Format::Json => format::json(entry, &mut buffer.bytes),
+        }
+        buffer.lines += 1;
+        if buffer.bytes.len() >= BATCH_BYTES {
+            self.hand_over(&mut buffer);
+        }
+    }
+
+    /// Hands the calling worker's lines to the writer: its tick, once a second.
+    pub fn flush_local(&self) {
+        let mut buffer = self
+            .buffers
+            .local()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if buffer.lines > 0 {
+            self.hand_over(&mut buffer);
+        }
+    }
+
+    /// Writes out every worker's lines and waits until the writer has: on shutdown.
+    pub fn close(&self) {
+        for buffer in self.buffers.all() {
+            let mut buffer = buffer.lock().unwrap_or_else(|e| e.into_inner());
+            if buffer.lines > 0 {
+                let lines = std::mem::take(&mut buffer.bytes);
+                buffer.lines = 0;
+                let _ = self.queue.send(Batch::Lines(lines));
+            }
+        }
+        let (done, written) = mpsc::channel();
+        if self.queue.send(Batch::Flush(done)).is_ok() {
+            let _ = written.recv_timeout(Duration::from_secs(5));
+        }
+    }
+
+    fn hand_over(&self, buffer: &mut Buffer) {
+        let lines = std::mem::replace(&mut buffer.bytes, Vec::with_capacity(BATCH_BYTES + 1024));
+        let count = std::mem::take(&mut buffer.lines);
+        match self.queue.try_send(Batch::Lines(lines)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Batch::Lines(mut lines)))
+            | Err(TrySendError::Disconnected(Batch::Lines(mut lines))) => {
+                self.dropped.inc_by(count);
+                // Keep the allocation for the next batch.
+                lines.clear();
+                buffer.bytes = lines;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// The writer thread: writes each batch whole, for as long as the proxy runs.
+fn write_batches(sink: Sink, batches: mpsc::Receiver<Batch>, dropped: IntCounter) {
+    let mut out: Box<dyn Write> = match sink {
+        Sink::Stdout => Box::new(std::io::stdout()),
+        Sink::File(file) => Box::new(file),
+    };
+    let mut warned: Option<std::time::Instant> = None;
+    for batch in batches {
+        match batch {
+            Batch::Lines(lines) => {
+                if let Err(err) = out.write_all(&lines).and_then(|()| out.flush()) {
+                    dropped.inc_by(lines.iter().filter(|&&b| b == b'\n').count() as u64);
+                    // Once a minute at most: a full disk must not flood the process log.
+                    if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                        tracing::warn!(error = %err, "writing the access log failed; its lines are dropped and counted in fallthrough_access_log_dropped_total: check the disk or --access-log-path");
+                        warned = Some(std::time::Instant::now());
+                    }
+                }
+            }
+            Batch::Flush(done) => {
+                let _ = out.flush();
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// A request's entry, waiting for the last byte of its answer; logged when dropped.
+pub struct Pending {
+    entry: Box<Entry>,
+    started: std::time::Instant,
+    log: Arc<AccessLog>,
+    /// The request body bytes read so far, while the body may still be arriving.
+    received: Option<Arc<AtomicU64>>,
+}
+
+impl Pending {
+    /// An entry for a request whose head was read at `started`, to go to `log`.
+    pub fn new(
+        entry: Entry,
+        started: std::time::Instant,
+        log: Arc<AccessLog>,
+        received: Option<Arc<AtomicU64>>,
+    ) -> Self {
+        Pending {
+            entry: Box::new(entry),
+            started,
+            log,
+            received,
+        }
+    }
+
+    /// Counts response body bytes sent.
+    pub fn sent(&mut self, bytes: usize) {
+        self.entry.bytes_sent += bytes as u64;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.entry.duration = self.started.elapsed();
+        if let Some(received) = &self.received {
+            self.entry.bytes_received = received.load(Ordering::Relaxed);
+        }
+        self.log.log(&self.entry);
+    }
+}

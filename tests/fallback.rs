@@ -62,7 +62,11 @@ async fn a_primary_404_is_answered_by_the_fallback_with_the_same_request() {
         assert_eq!(seen.headers["x-forwarded-proto"], "http");
         assert_eq!(seen.headers["x-forwarded-host"], "shop.example.com");
         assert_eq!(seen.headers["x-real-ip"], "127.0.0.1");
-        assert_eq!(seen.headers["x-request-id"], id.as_str(), "one id, both attempts");
+        assert_eq!(
+            seen.headers["x-request-id"],
+            id.as_str(),
+            "one id, both attempts"
+        );
         assert_eq!(seen.headers.get_all("x-request-id").iter().count(), 1);
         assert_eq!(
             seen.headers["traceparent"],

@@ -85,6 +85,35 @@ async fn php_scripts_answer_with_the_cgi_variables_nginx_sends() {
 }
 
 #[tokio::test]
+async fn remote_addr_is_the_client_a_trusted_proxy_names() {
+    let fpm = PhpFpm::unix(1).await;
+    let fallback = backend("new").start().await;
+    let route = fcgi_route(&fpm, "", &fallback.url(), "");
+    for (trusted, remote_addr, forwarded_for) in [
+        ("127.0.0.1", "198.51.100.7", "198.51.100.7, 127.0.0.1"),
+        ("10.0.0.0/8", "127.0.0.1", "127.0.0.1"),
+    ] {
+        let ft = Fallthrough::start_with(&route, &["--trusted-proxies", trusted]).await;
+        let req = Request::get("/index.php")
+            .header("host", "shop.test")
+            .header("x-forwarded-for", "198.51.100.7")
+            .header("x-request-id", "from-the-lb")
+            .body(Full::default())
+            .unwrap();
+        let (status, headers, body) = send(ft.http, req).await;
+        assert_eq!(status, StatusCode::OK);
+        let seen = json(&body);
+        assert_eq!(seen["remote_addr"], remote_addr, "trusting {trusted}");
+        assert_eq!(seen["forwarded_for"], forwarded_for, "trusting {trusted}");
+        assert_eq!(
+            seen["request_id"],
+            headers["x-request-id"].to_str().unwrap(),
+            "PHP gets the id the client gets"
+        );
+    }
+}
+
+#[tokio::test]
 async fn status_and_a_bare_location_become_the_http_status() {
     let fpm = PhpFpm::unix(1).await;
     let fallback = backend("new").start().await;

@@ -460,6 +460,13 @@ fn helm_ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// What a failing helm command printed.
+fn helm_err(args: &[&str]) -> String {
+    let out = helm(args);
+    assert!(!out.status.success(), "helm {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A values file in a temp dir.
 fn values_file(yaml: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -476,8 +483,14 @@ metrics:
   prometheusRule: {enabled: true, additionalLabels: {release: kube-prometheus-stack}}
 dashboard: {enabled: true}
 networkPolicy: {enabled: true}
-controller: {watchNamespace: shop, allowUrlBackends: true, logFormat: json}
-service: {type: NodePort, externalTrafficPolicy: Local, nodePorts: {http: 30080}}
+controller: {watchNamespace: shop, allowUrlBackends: true, logFormat: json, accessLog: json,
+  trustedProxies: [10.0.0.0/8, 192.168.1.7]}
+service:
+  type: NodePort
+  externalTrafficPolicy: Local
+  nodePorts: {http: 30080}
+  annotations: {example.com/kept: \"yes\"}
+  proxyProtocol: {enabled: true, loadBalancer: aws}
 ";
 
 #[test]
@@ -548,9 +561,35 @@ fn helm_lint_passes_with_defaults_and_everything_on() {
         "--watch-namespace=shop",
         "--allow-url-backends",
         "--log-format=json",
+        "--access-log=json",
+        "--trusted-proxies=10.0.0.0/8,192.168.1.7",
+        "--proxy-protocol",
     ] {
         assert!(args.iter().any(|a| a == arg), "{arg} in {args:?}");
     }
+    let service = object(&docs, "Service", "fallthrough");
+    assert_eq!(service["spec"]["externalTrafficPolicy"], "Local");
+    let annotations = &service["metadata"]["annotations"];
+    assert_eq!(
+        annotations["service.beta.kubernetes.io/aws-load-balancer-proxy-protocol"],
+        "*"
+    );
+    assert_eq!(
+        annotations["example.com/kept"], "yes",
+        "merged with the user's"
+    );
+    let (_dir, untrusted) = values_file("service: {proxyProtocol: {enabled: true}}");
+    let refused = helm_err(&[
+        "template",
+        "fallthrough",
+        CHART,
+        "-f",
+        untrusted.to_str().unwrap(),
+    ]);
+    assert!(
+        refused.contains("needs controller.trustedProxies"),
+        "{refused}"
+    );
     let dashboard = object(&docs, "ConfigMap", "fallthrough-dashboard");
     assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
     let json = dashboard["data"]["fallthrough.json"].as_str().unwrap();

@@ -32,8 +32,9 @@ impl Recorder {
         Recorder { url, heads }
     }
 
-    /// The heads received, each without its `X-Forwarded-*` lines (they name the
-    /// client's ephemeral address).
+    /// The heads received, each without the forwarding lines fallthrough adds
+    /// (`X-Forwarded-*`, `X-Real-IP`, `X-Request-Id`: the client's address, a random id),
+    /// which tests/fallback.rs and tests/operations.rs check.
     fn heads(&self) -> Vec<String> {
         self.heads
             .lock()
@@ -41,7 +42,12 @@ impl Recorder {
             .iter()
             .map(|h| {
                 h.split_inclusive("\r\n")
-                    .filter(|l| !l.to_ascii_lowercase().starts_with("x-forwarded-"))
+                    .filter(|l| {
+                        let l = l.to_ascii_lowercase();
+                        !["x-forwarded-", "x-real-ip:", "x-request-id:"]
+                            .iter()
+                            .any(|p| l.starts_with(p))
+                    })
                     .collect()
             })
             .collect()

@@ -35,6 +35,9 @@ pub const BATCH_BYTES: usize = 64 * 1024;
 /// Batches waiting for the writer; past this, batches are dropped and counted.
 pub const QUEUED_BATCHES: usize = 16;
 
+/// Longest the exit waits for the writer to write what is queued.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// The line format (`--access-log`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -97,6 +100,8 @@ pub struct Tried {
 pub enum Sink {
     Stdout,
     File(std::fs::File),
+    /// Anything else that takes bytes (a test's slow reader).
+    Writer(Box<dyn Write + Send>),
 }
 
 /// What the writer thread is sent.
@@ -171,20 +176,31 @@ impl AccessLog {
         }
     }
 
-    /// Writes out every worker's lines and waits until the writer has: on shutdown.
+    /// Hands every worker's lines to the writer and waits, up to [`CLOSE_WAIT`], until
+    /// it has written them: on shutdown. A writer stuck on a full disk or an unread
+    /// stdout cannot hold the exit up longer.
     pub fn close(&self) {
         for buffer in self.buffers.all() {
             let mut buffer = buffer.lock().unwrap_or_else(|e| e.into_inner());
             if buffer.lines > 0 {
-                let lines = std::mem::take(&mut buffer.bytes);
-                buffer.lines = 0;
-                let _ = self.queue.send(Batch::Lines(lines));
+                self.hand_over(&mut buffer);
             }
         }
         let (done, written) = mpsc::channel();
-        if self.queue.send(Batch::Flush(done)).is_ok() {
-            let _ = written.recv_timeout(Duration::from_secs(5));
+        let deadline = std::time::Instant::now() + CLOSE_WAIT;
+        let mut flush = Batch::Flush(done);
+        // The queue may be full: retry until the writer makes room, or give up.
+        loop {
+            match self.queue.try_send(flush) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                    flush = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => return,
+            }
         }
+        let _ = written.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
     }
 
     fn hand_over(&self, buffer: &mut Buffer) {
@@ -209,6 +225,7 @@ fn write_batches(sink: Sink, batches: mpsc::Receiver<Batch>, dropped: IntCounter
     let mut out: Box<dyn Write> = match sink {
         Sink::Stdout => Box::new(std::io::stdout()),
         Sink::File(file) => Box::new(file),
+        Sink::Writer(writer) => writer,
     };
     let mut warned: Option<std::time::Instant> = None;
     for batch in batches {
@@ -269,5 +286,89 @@ impl Drop for Pending {
             self.entry.bytes_received = received.load(Ordering::Relaxed);
         }
         self.log.log(&self.entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A writer that takes nothing until it is let go, then counts the lines it gets.
+    struct Stuck {
+        go: mpsc::Receiver<()>,
+        waited: bool,
+        lines: Arc<AtomicUsize>,
+    }
+
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if !self.waited {
+                let _ = self.go.recv();
+                self.waited = true;
+            }
+            let lines = buf.iter().filter(|&&b| b == b'\n').count();
+            self.lines.fetch_add(lines, Ordering::Relaxed);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn entry() -> Entry {
+        Entry {
+            time: SystemTime::UNIX_EPOCH,
+            client: "203.0.113.9".parse().unwrap(),
+            method: Method::GET,
+            host: Some("shop.example.com".into()),
+            target: Uri::from_static("/"),
+            version: Version::HTTP_11,
+            referer: None,
+            user_agent: None,
+            status: 200,
+            bytes_sent: 0,
+            bytes_received: 0,
+            duration: Duration::ZERO,
+            route: None,
+            backend: "primary",
+            primary: None,
+            fallback: None,
+            fallback_reason: None,
+            fallback_skipped: None,
+            error: None,
+            request_id: HeaderValue::from_static("id"),
+        }
+    }
+
+    #[test]
+    fn a_writer_that_falls_behind_loses_counted_lines_not_memory() {
+        let (go, wait) = mpsc::channel();
+        let written = Arc::new(AtomicUsize::new(0));
+        let sink = Sink::Writer(Box::new(Stuck {
+            go: wait,
+            waited: false,
+            lines: written.clone(),
+        }));
+        let dropped = IntCounter::new("dropped", "test").unwrap();
+        let log = AccessLog::start(Format::Json, sink, 1, dropped.clone()).unwrap();
+        let mut one = Vec::new();
+        format::json(&entry(), &mut one);
+        // Far more than the queue holds while the writer takes nothing.
+        let total = (QUEUED_BATCHES + 8) * BATCH_BYTES / one.len();
+        for _ in 0..total {
+            log.log(&entry());
+        }
+        let buffered = log.buffers.local().lock().unwrap().bytes.capacity();
+        assert!(buffered <= BATCH_BYTES + 1024 + one.len(), "{buffered}");
+        assert!(dropped.get() > 0, "the full queue dropped batches");
+        go.send(()).unwrap();
+        log.close();
+        assert_eq!(
+            written.load(Ordering::Relaxed) as u64 + dropped.get(),
+            total as u64,
+            "every line written or counted"
+        );
     }
 }

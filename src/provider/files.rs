@@ -5,7 +5,7 @@
 //! Out: validated routes in load order, or every error found, each with its file and
 //! line. Also the change notifications (file events, debounced) that trigger reloads.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -100,10 +100,10 @@ struct Metadata {
     namespace: Option<String>,
     #[serde(default)]
     #[allow(dead_code)]
-    labels: Option<serde_yaml::Mapping>,
+    labels: Option<BTreeMap<String, String>>,
     #[serde(default)]
     #[allow(dead_code)]
-    annotations: Option<serde_yaml::Mapping>,
+    annotations: Option<BTreeMap<String, String>>,
 }
 
 /// The route files under `path`, in load order.
@@ -195,8 +195,9 @@ pub fn load(path: &Path, defaults: Timeouts) -> Result<Loaded, Vec<RouteFileErro
                 continue;
             }
         };
-        for (line, doc) in documents(&text) {
-            match parse_document(&file, line, doc, defaults) {
+        for doc in documents(&text) {
+            let line = doc.line;
+            match parse_document(&file, &doc, defaults) {
                 Ok((route, tls)) => {
                     let key = format!("{}/{}", route.namespace, route.name);
                     if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
@@ -262,9 +263,19 @@ fn route_cert(route_file: &Path, route: &Route, tls: &TlsSpec) -> Result<RouteCe
     })
 }
 
-/// Splits a YAML stream into documents with the 1-based line each starts on, skipping
-/// documents with nothing but comments and blank lines.
-fn documents(text: &str) -> Vec<(usize, &str)> {
+/// One document of a route file.
+struct Document<'a> {
+    /// Its text, after its `---` line.
+    text: &'a str,
+    /// 1-based line in the file of the first line of `text`.
+    first_line: usize,
+    /// 1-based line where errors about the whole route point.
+    line: usize,
+}
+
+/// Splits a YAML stream into documents, skipping documents with nothing but comments and
+/// blank lines.
+fn documents(text: &str) -> Vec<Document<'_>> {
     let mut docs = Vec::new();
     let mut start_line = 1;
     let mut start_byte = 0;
@@ -284,13 +295,17 @@ fn documents(text: &str) -> Vec<(usize, &str)> {
             d.lines()
                 .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
         })
+        .map(|(line, text)| Document {
+            text,
+            first_line: line,
+            line,
+        })
         .collect()
 }
 
 fn parse_document(
     path: &Path,
-    first_line: usize,
-    doc: &str,
+    doc: &Document<'_>,
     defaults: Timeouts,
 ) -> Result<(Route, Option<TlsSpec>), RouteFileError> {
     let parse_err = |line: usize, message: String| RouteFileError::Parse {
@@ -298,26 +313,19 @@ fn parse_document(
         line,
         message,
     };
-    let mut unknown = Vec::new();
-    let parsed: Result<RouteDocument, _> =
-        serde_ignored::deserialize(serde_yaml::Deserializer::from_str(doc), |p| {
-            unknown.push(p.to_string())
-        });
-    let parsed = parsed.map_err(|e| {
-        let line = e.location().map_or(0, |l| l.line().saturating_sub(1));
-        parse_err(first_line + line, e.to_string())
-    })?;
+    let (parsed, unknown) = deserialize(doc).map_err(|e| parse_err(e.line, e.message))?;
     if let Some(field) = unknown.first() {
         let key = field.rsplit('.').next().unwrap_or(field);
+        let line = line_of_key(doc.text, key).map_or(doc.line, |l| doc.first_line + l);
         return Err(parse_err(
-            first_line + line_of_key(doc, key),
+            line,
             format!("unknown field {field:?}: check its spelling against the FallbackRoute schema (`fallthrough crd`)"),
         ));
     }
     let expected = format!("{GROUP}/{VERSION}");
     if parsed.api_version != expected || parsed.kind != KIND {
         return Err(parse_err(
-            first_line,
+            doc.line,
             format!(
                 "expected apiVersion: {expected} and kind: {KIND}, found {} {}",
                 parsed.api_version, parsed.kind
@@ -334,10 +342,57 @@ fn parse_document(
         .map(|validated| (validated.route, parsed.spec.tls.clone()))
         .map_err(|source| RouteFileError::Invalid {
             path: path.to_path_buf(),
-            line: first_line,
+            line: doc.line,
             route: format!("{namespace}/{}", parsed.metadata.name),
             source,
         })
+}
+
+/// Why a document does not deserialize.
+struct DocumentError {
+    /// 1-based line in the file.
+    line: usize,
+    /// What is wrong: the field, if any, the parser's message and its position.
+    message: String,
+}
+
+/// A document as a [`RouteDocument`], with the paths of the fields it has that the
+/// schema lacks.
+fn deserialize(doc: &Document<'_>) -> Result<(RouteDocument, Vec<String>), DocumentError> {
+    let mut unknown = Vec::new();
+    let mut field = None;
+    // Snippets would be multi-line; errors here are one line each, `file:line: message`.
+    let options = serde_saphyr::options! { with_snippet: false };
+    let parsed = serde_saphyr::with_deserializer_from_str_with_options(doc.text, options, |de| {
+        let mut note_unknown = |path: serde_ignored::Path| unknown.push(path.to_string());
+        let de = serde_ignored::Deserializer::new(de, &mut note_unknown);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            // `.` is the document itself; `?` a mapping key.
+            let path = e.path().to_string();
+            field = (path != "." && path != "?").then_some(path);
+            e.into_inner()
+        })
+    });
+    let error = match parsed {
+        Ok(parsed) => return Ok((parsed, unknown)),
+        Err(error) => error,
+    };
+    // The parser counts lines in the document; the message counts them in the file.
+    let offset = doc.first_line - 1;
+    let options = serde_saphyr::render_options! {
+        line_offset: offset as u64,
+        snippets: serde_saphyr::SnippetMode::Off,
+    };
+    let message = error.render_with_options(options);
+    Err(DocumentError {
+        line: error
+            .location()
+            .map_or(doc.line, |l| offset + l.line() as usize),
+        message: match field {
+            Some(field) => format!("{field}: {message}"),
+            None => message,
+        },
+    })
 }
 
 /// Reads a backend's `tls.caFile`, relative to its route file's directory.
@@ -365,15 +420,13 @@ impl crate::index::Trust for FileTrust<'_> {
 }
 
 /// Best-effort 0-based line of `key:` in a document, for pointing at unknown fields.
-fn line_of_key(doc: &str, key: &str) -> usize {
-    doc.lines()
-        .position(|l| {
-            let l = l.trim_start().trim_start_matches("- ");
-            l.strip_prefix(key).is_some_and(|r| r.starts_with(':'))
-                || l.strip_prefix(&format!("\"{key}\""))
-                    .is_some_and(|r| r.starts_with(':'))
-        })
-        .unwrap_or(0)
+fn line_of_key(doc: &str, key: &str) -> Option<usize> {
+    doc.lines().position(|l| {
+        let l = l.trim_start().trim_start_matches("- ");
+        l.strip_prefix(key).is_some_and(|r| r.starts_with(':'))
+            || l.strip_prefix(&format!("\"{key}\""))
+                .is_some_and(|r| r.starts_with(':'))
+    })
 }
 
 /// Watches `path` (and, for a file, its directory, so editors' rename-and-replace and
@@ -503,11 +556,13 @@ spec:
         let path = write(dir.path(), "r.yaml", &format!("{GOOD}---\n{broken}"));
         let errors = errors_of(&path);
         assert_eq!(errors.len(), 1, "{errors:?}");
-        let expected = format!("{}:13:", path.display());
+        let expected = format!("{}:13: spec.fallback: ", path.display());
         assert!(
             errors[0].starts_with(&expected),
             "{errors:?} should start with {expected}"
         );
+        // The parser's own position is counted in the file too, not in the document.
+        assert!(errors[0].ends_with("at line 13, column 13"), "{errors:?}");
     }
 
     #[test]

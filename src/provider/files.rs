@@ -265,42 +265,81 @@ fn route_cert(route_file: &Path, route: &Route, tls: &TlsSpec) -> Result<RouteCe
 
 /// One document of a route file.
 struct Document<'a> {
-    /// Its text, after its `---` line.
+    /// Its text, from its `---` line (if it has one) to its `...` line or the next `---`.
     text: &'a str,
     /// 1-based line in the file of the first line of `text`.
     first_line: usize,
-    /// 1-based line where errors about the whole route point.
+    /// 1-based line of its first content: where errors about the whole route point.
     line: usize,
 }
 
-/// Splits a YAML stream into documents, skipping documents with nothing but comments and
-/// blank lines.
+/// Splits a YAML stream into documents, skipping those with nothing but comments, blank
+/// lines and directives.
+///
+/// YAML never reads `---` or `...` at the start of a line, followed by a space, a tab or
+/// the line's end, as content, not even inside a block or quoted scalar: such a line is
+/// always a marker, so splitting on it by hand is exact. A `---` line stays in the document
+/// it starts, as the parser reads content after the marker (`--- {apiVersion: …}`,
+/// `--- !tag`) on that line; a `...` line ends the document it is in. Parsing each
+/// document alone keeps one document's syntax error from hiding the others' errors.
 fn documents(text: &str) -> Vec<Document<'_>> {
     let mut docs = Vec::new();
-    let mut start_line = 1;
-    let mut start_byte = 0;
+    // The document being read: where it starts, its first content line, whether it has
+    // had its `---` yet (comments and directives before one belong to its document).
+    let (mut start, mut first_line, mut line, mut opened) = (0, 1, 0, false);
     let mut offset = 0;
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        let bare = line.trim_end();
-        if bare == "---" || bare.starts_with("--- ") || bare == "..." {
-            docs.push((start_line, &text[start_byte..offset]));
-            start_line = i + 2;
-            start_byte = offset + line.len();
+    for (i, text_line) in text.split_inclusive('\n').enumerate() {
+        if is_marker(text_line, "---") {
+            if line != 0 || opened {
+                docs.push(Document {
+                    text: &text[start..offset],
+                    first_line,
+                    line,
+                });
+                (start, first_line, line) = (offset, i + 1, 0);
+            }
+            opened = true;
         }
-        offset += line.len();
+        if line == 0 && has_content(text_line) {
+            line = i + 1;
+        }
+        offset += text_line.len();
+        if is_marker(text_line, "...") {
+            docs.push(Document {
+                text: &text[start..offset],
+                first_line,
+                line,
+            });
+            (start, first_line, line, opened) = (offset, i + 2, 0, false);
+        }
     }
-    docs.push((start_line, &text[start_byte..]));
-    docs.into_iter()
-        .filter(|(_, d)| {
-            d.lines()
-                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        })
-        .map(|(line, text)| Document {
-            text,
-            first_line: line,
-            line,
-        })
-        .collect()
+    docs.push(Document {
+        text: &text[start..],
+        first_line,
+        line,
+    });
+    docs.retain(|d| d.line != 0);
+    docs
+}
+
+/// Whether `line` starts with the document marker `marker` (`---` or `...`).
+fn is_marker(line: &str, marker: &str) -> bool {
+    line.strip_prefix(marker)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+}
+
+/// Whether `line` holds more than a marker, a comment, a directive or white space.
+fn has_content(line: &str) -> bool {
+    if is_marker(line, "...") {
+        return false;
+    }
+    let rest = if is_marker(line, "---") {
+        &line[3..]
+    } else {
+        line
+    };
+    let rest = rest.trim();
+    !rest.is_empty() && !rest.starts_with('#') && !line.starts_with('%')
 }
 
 fn parse_document(
@@ -606,6 +645,141 @@ spec:
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].contains("defined twice"), "{errors:?}");
         assert!(errors[1].contains("expected apiVersion"), "{errors:?}");
+    }
+
+    /// (first line, first content line, text) of each document `documents` finds.
+    fn split(text: &str) -> Vec<(usize, usize, &str)> {
+        documents(text)
+            .iter()
+            .map(|d| (d.first_line, d.line, d.text))
+            .collect()
+    }
+
+    #[test]
+    fn documents_split_on_markers_and_keep_content_on_a_dashes_line() {
+        type Case = (
+            &'static str,
+            &'static str,
+            &'static [(usize, usize, &'static str)],
+        );
+        let cases: &[Case] = &[
+            ("no marker", "a: 1\n", &[(1, 1, "a: 1\n")]),
+            (
+                "a plain ---",
+                "a: 1\n---\nb: 2\n",
+                &[(1, 1, "a: 1\n"), (2, 3, "---\nb: 2\n")],
+            ),
+            (
+                "a whole flow mapping on the --- line",
+                "--- {a: 1}\n--- {b: 2}\n",
+                &[(1, 1, "--- {a: 1}\n"), (2, 2, "--- {b: 2}\n")],
+            ),
+            (
+                "--- # comment",
+                "--- # first\na: 1\n",
+                &[(1, 2, "--- # first\na: 1\n")],
+            ),
+            ("--- !tag", "--- !x\na: 1\n", &[(1, 1, "--- !x\na: 1\n")]),
+            (
+                "a tab after ---",
+                "a: 1\n---\t{b: 2}\n",
+                &[(1, 1, "a: 1\n"), (2, 2, "---\t{b: 2}\n")],
+            ),
+            (
+                "comments before the first --- are its document's",
+                "# routes\n\n---\na: 1\n",
+                &[(1, 4, "# routes\n\n---\na: 1\n")],
+            ),
+            (
+                "a document of comments alone is skipped",
+                "---\n# nothing\n---\na: 1\n",
+                &[(3, 4, "---\na: 1\n")],
+            ),
+            (
+                "... ends a document",
+                "a: 1\n...\nb: 2\n",
+                &[(1, 1, "a: 1\n...\n"), (3, 3, "b: 2\n")],
+            ),
+            (
+                "... with a comment, then ---",
+                "a: 1\n... # end\n---\nb: 2\n",
+                &[(1, 1, "a: 1\n... # end\n"), (3, 4, "---\nb: 2\n")],
+            ),
+            (
+                "directives go with their document",
+                "a: 1\n...\n%YAML 1.2\n---\nb: 2\n",
+                &[(1, 1, "a: 1\n...\n"), (3, 5, "%YAML 1.2\n---\nb: 2\n")],
+            ),
+            (
+                "--- in a block scalar is indented: content",
+                "a: |\n  ---\n  b\n",
+                &[(1, 1, "a: |\n  ---\n  b\n")],
+            ),
+            (
+                "---x is content",
+                "a: 1\n---x: 2\n",
+                &[(1, 1, "a: 1\n---x: 2\n")],
+            ),
+            (
+                "CRLF",
+                "a: 1\r\n---\r\nb: 2\r\n",
+                &[(1, 1, "a: 1\r\n"), (2, 3, "---\r\nb: 2\r\n")],
+            ),
+            ("no final newline", "---\na: 1", &[(1, 2, "---\na: 1")]),
+            ("nothing", "# only\n---\n...\n", &[]),
+        ];
+        for (name, text, expected) in cases {
+            assert_eq!(split(text), *expected, "{name}");
+            // Each piece is one whole document to the parser, its markers included.
+            for (_, _, doc) in *expected {
+                let parsed = serde_saphyr::from_str::<BTreeMap<String, serde_json::Value>>(doc);
+                assert!(parsed.is_ok(), "{name}: {doc:?}: {parsed:?}");
+            }
+        }
+    }
+
+    /// A route whose whole document is on its `---` line.
+    const ONE_LINE: &str = "--- {apiVersion: fallthrough.dev/v1alpha1, kind: FallbackRoute, \
+        metadata: {name: blog}, spec: {primary: {url: \"http://127.0.0.1:8080\"}, \
+        fallback: {url: \"http://127.0.0.1:8000\"}}}\n";
+
+    #[test]
+    fn a_document_may_start_on_its_dashes_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("{ONE_LINE}--- # the shop\n{GOOD}...\n");
+        let path = write(dir.path(), "r.yaml", &text);
+        let routes = load(&path, Timeouts::default()).unwrap().routes;
+        let names: Vec<_> = routes
+            .iter()
+            .map(|r| format!("{}/{}", r.namespace, r.name))
+            .collect();
+        assert_eq!(names, ["default/blog", "web/shop"]);
+    }
+
+    #[test]
+    fn errors_in_documents_that_start_on_a_dashes_line_name_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let unclosed = ONE_LINE.replace("}}}\n", "}}\n");
+        let fastcgi = ONE_LINE.replace("http://127.0.0.1:8000", "fastcgi://127.0.0.1:8000");
+        let typo = format!("{GOOD}  fallbackon: [410]\n");
+        // Line 1: a syntax error; line 2: an invalid route; line 10: an unknown field.
+        let text = format!("{unclosed}{fastcgi}--- # c\n{typo}");
+        let path = write(dir.path(), "r.yaml", &text);
+        let errors = errors_of(&path);
+        let p = path.display();
+        assert_eq!(
+            errors.len(),
+            3,
+            "one bad document hides no other: {errors:?}"
+        );
+        assert!(errors[0].starts_with(&format!("{p}:1: ")), "{errors:?}");
+        assert!(
+            errors[1].starts_with(&format!("{p}:2: route default/blog:")),
+            "{errors:?}"
+        );
+        assert!(errors[0].ends_with("at line 1, column 5"), "{errors:?}");
+        assert!(errors[2].starts_with(&format!("{p}:10: ")), "{errors:?}");
+        assert!(errors[2].contains("spec.fallbackon"), "{errors:?}");
     }
 
     #[test]

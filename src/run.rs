@@ -66,7 +66,7 @@ pub enum RunError {
     },
     /// The CRD could not be rendered.
     #[error("cannot render the CRD: {0}")]
-    Crd(#[from] serde_yaml::Error),
+    Crd(#[from] serde_saphyr::SerializeError),
 }
 
 /// Logs to stderr as text or JSON; `RUST_LOG` overrides the default `info` level.
@@ -128,7 +128,13 @@ pub fn check(path: &Path) -> Result<(), RunError> {
 /// `fallthrough crd`: the CustomResourceDefinition generated from the Rust types.
 pub fn crd_yaml() -> Result<String, RunError> {
     use kube::CustomResourceExt;
-    Ok(serde_yaml::to_string(&crate::api::FallbackRoute::crd())?)
+    // Long one-line strings (descriptions, patterns) stay on one line rather than
+    // being folded (`>-`): a regex or a sentence reads and greps as written.
+    let options = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX };
+    Ok(serde_saphyr::to_string_with_options(
+        &crate::api::FallbackRoute::crd(),
+        options,
+    )?)
 }
 
 async fn bind(

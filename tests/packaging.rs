@@ -23,8 +23,7 @@ use bytes::Bytes;
 use cluster::*;
 use http::Request;
 use http_body_util::Full;
-use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
 use support::{send, Fallthrough};
 
 const CHART: &str = "charts/fallthrough";
@@ -47,10 +46,8 @@ fn read(path: &str) -> String {
 
 /// Every non-empty document of a multi-document YAML stream.
 fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| Value::deserialize(doc).expect("valid YAML"))
-        .filter(|doc| !doc.is_null())
-        .collect()
+    // Empty documents are skipped by the parser.
+    serde_saphyr::from_multiple(yaml).expect("valid YAML")
 }
 
 /// The one document of `kind` named `name`.
@@ -73,7 +70,7 @@ fn kinds(docs: &[Value]) -> BTreeSet<String> {
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_sequence()
+    v.as_array()
         .into_iter()
         .flatten()
         .filter_map(|s| s.as_str().map(String::from))
@@ -86,7 +83,7 @@ type Grants = BTreeSet<(String, String, String)>;
 /// An RBAC role's rules as [`Grants`].
 fn grants(role: &Value) -> Grants {
     let mut out = BTreeSet::new();
-    for rule in role["rules"].as_sequence().into_iter().flatten() {
+    for rule in role["rules"].as_array().into_iter().flatten() {
         for group in strings(&rule["apiGroups"]) {
             for resource in strings(&rule["resources"]) {
                 for verb in strings(&rule["verbs"]) {
@@ -221,7 +218,7 @@ fn dockerfile_ships_the_binary_cargo_builds() {
 
 #[test]
 fn chart_app_version_is_the_crate_version() {
-    let chart: Value = serde_yaml::from_str(&read("charts/fallthrough/Chart.yaml")).unwrap();
+    let chart: Value = serde_saphyr::from_str(&read("charts/fallthrough/Chart.yaml")).unwrap();
     assert_eq!(chart["apiVersion"], "v2");
     assert_eq!(chart["name"], "fallthrough");
     assert_eq!(
@@ -229,7 +226,7 @@ fn chart_app_version_is_the_crate_version() {
         Some(cargo_package("version").as_str()),
         "Chart.yaml appVersion (the default image tag) must be the crate version"
     );
-    let values: Value = serde_yaml::from_str(&read("charts/fallthrough/values.yaml")).unwrap();
+    let values: Value = serde_saphyr::from_str(&read("charts/fallthrough/values.yaml")).unwrap();
     assert_eq!(
         values["image"]["tag"], "",
         "the image tag defaults to appVersion"
@@ -312,7 +309,7 @@ async fn deployed_args_start_the_binary_and_its_probes_answer() {
             "the Deployment passes {flag}, which `fallthrough run` does not know"
         );
     }
-    for env in container["env"].as_sequence().unwrap() {
+    for env in container["env"].as_array().unwrap() {
         let name = env["name"].as_str().unwrap();
         assert!(
             name == "RUST_LOG" || help.contains(&format!("[env: {name}=")),
@@ -337,7 +334,7 @@ async fn deployed_args_start_the_binary_and_its_probes_answer() {
     let ft = Fallthrough::spawn(dir, routes.clone(), &flags).await;
 
     let admin_port = container["ports"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .find(|p| p["name"] == "admin")
@@ -662,7 +659,7 @@ fn prometheus_rules_use_exported_metrics() {
         "metrics.prometheusRule.enabled=true",
     ]));
     let rule = object(&docs, "PrometheusRule", "fallthrough");
-    let rules = rule["spec"]["groups"][0]["rules"].as_sequence().unwrap();
+    let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
     let exported = exported_metrics();
     let mut records = BTreeSet::new();
     let mut alerts = BTreeSet::new();
@@ -941,7 +938,7 @@ fn helm_install_is_accepted_by_a_real_api_server() {
                 .unwrap_or_default()
                 .starts_with("monitoring.coreos.com/")
         })
-        .map(|d| serde_yaml::to_string(d).unwrap())
+        .map(|d| serde_saphyr::to_string(d).unwrap())
         .collect();
     let applied = c
         .try_apply(&accepted.join("---\n"))
@@ -1041,10 +1038,10 @@ fn config_map_data(file: &str) -> Vec<(String, String)> {
         .find(|d| d["kind"] == "ConfigMap")
         .unwrap_or_else(|| panic!("{file} has a ConfigMap"));
     map["data"]
-        .as_mapping()
+        .as_object()
         .unwrap()
         .iter()
-        .map(|(k, v)| (k.as_str().unwrap().into(), v.as_str().unwrap().into()))
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().into()))
         .collect()
 }
 
@@ -1118,13 +1115,13 @@ async fn example_apps_serve_behind_fallthrough_and_the_share_climbs() {
     ));
 
     // The example's route, with URLs standing in for its Services.
-    let mut route: Value = serde_yaml::from_str(&read("deploy/example/30-route.yaml")).unwrap();
+    let mut route: Value = serde_saphyr::from_str(&read("deploy/example/30-route.yaml")).unwrap();
     let host = route["spec"]["hosts"][0].as_str().unwrap().to_string();
     route["spec"]["primary"] =
-        serde_yaml::from_str(&format!("{{url: \"http://127.0.0.1:{php_port}\"}}")).unwrap();
+        serde_saphyr::from_str(&format!("{{url: \"http://127.0.0.1:{php_port}\"}}")).unwrap();
     route["spec"]["fallback"] =
-        serde_yaml::from_str(&format!("{{url: \"http://127.0.0.1:{py_port}\"}}")).unwrap();
-    let routes = serde_yaml::to_string(&route).unwrap();
+        serde_saphyr::from_str(&format!("{{url: \"http://127.0.0.1:{py_port}\"}}")).unwrap();
+    let routes = serde_saphyr::to_string(&route).unwrap();
     let ft = Fallthrough::start_with(&routes, &["--ingress-class", "fallthrough"]).await;
 
     eventually_served(&ft, &host, "/healthz", 200, "new-python").await;

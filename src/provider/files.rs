@@ -5,7 +5,7 @@
 //! Out: validated routes in load order, or every error found, each with its file and
 //! line. Also the change notifications (file events, debounced) that trigger reloads.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -100,10 +100,10 @@ struct Metadata {
     namespace: Option<String>,
     #[serde(default)]
     #[allow(dead_code)]
-    labels: Option<serde_yaml::Mapping>,
+    labels: Option<BTreeMap<String, String>>,
     #[serde(default)]
     #[allow(dead_code)]
-    annotations: Option<serde_yaml::Mapping>,
+    annotations: Option<BTreeMap<String, String>>,
 }
 
 /// The route files under `path`, in load order.
@@ -195,8 +195,9 @@ pub fn load(path: &Path, defaults: Timeouts) -> Result<Loaded, Vec<RouteFileErro
                 continue;
             }
         };
-        for (line, doc) in documents(&text) {
-            match parse_document(&file, line, doc, defaults) {
+        for doc in documents(&text) {
+            let line = doc.line;
+            match parse_document(&file, &doc, defaults) {
                 Ok((route, tls)) => {
                     let key = format!("{}/{}", route.namespace, route.name);
                     if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
@@ -262,35 +263,88 @@ fn route_cert(route_file: &Path, route: &Route, tls: &TlsSpec) -> Result<RouteCe
     })
 }
 
-/// Splits a YAML stream into documents with the 1-based line each starts on, skipping
-/// documents with nothing but comments and blank lines.
-fn documents(text: &str) -> Vec<(usize, &str)> {
+/// One document of a route file.
+struct Document<'a> {
+    /// Its text, from its `---` line (if it has one) to its `...` line or the next `---`.
+    text: &'a str,
+    /// 1-based line in the file of the first line of `text`.
+    first_line: usize,
+    /// 1-based line of its first content: where errors about the whole route point.
+    line: usize,
+}
+
+/// Splits a YAML stream into documents, skipping those with nothing but comments, blank
+/// lines and directives.
+///
+/// YAML never reads `---` or `...` at the start of a line, followed by a space, a tab or
+/// the line's end, as content, not even inside a block or quoted scalar: such a line is
+/// always a marker, so splitting on it by hand is exact. A `---` line stays in the document
+/// it starts, as the parser reads content after the marker (`--- {apiVersion: …}`,
+/// `--- !tag`) on that line; a `...` line ends the document it is in. Parsing each
+/// document alone keeps one document's syntax error from hiding the others' errors.
+fn documents(text: &str) -> Vec<Document<'_>> {
     let mut docs = Vec::new();
-    let mut start_line = 1;
-    let mut start_byte = 0;
+    // The document being read: where it starts, its first content line, whether it has
+    // had its `---` yet (comments and directives before one belong to its document).
+    let (mut start, mut first_line, mut line, mut opened) = (0, 1, 0, false);
     let mut offset = 0;
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        let bare = line.trim_end();
-        if bare == "---" || bare.starts_with("--- ") || bare == "..." {
-            docs.push((start_line, &text[start_byte..offset]));
-            start_line = i + 2;
-            start_byte = offset + line.len();
+    for (i, text_line) in text.split_inclusive('\n').enumerate() {
+        if is_marker(text_line, "---") {
+            if line != 0 || opened {
+                docs.push(Document {
+                    text: &text[start..offset],
+                    first_line,
+                    line,
+                });
+                (start, first_line, line) = (offset, i + 1, 0);
+            }
+            opened = true;
         }
-        offset += line.len();
+        if line == 0 && has_content(text_line) {
+            line = i + 1;
+        }
+        offset += text_line.len();
+        if is_marker(text_line, "...") {
+            docs.push(Document {
+                text: &text[start..offset],
+                first_line,
+                line,
+            });
+            (start, first_line, line, opened) = (offset, i + 2, 0, false);
+        }
     }
-    docs.push((start_line, &text[start_byte..]));
-    docs.into_iter()
-        .filter(|(_, d)| {
-            d.lines()
-                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        })
-        .collect()
+    docs.push(Document {
+        text: &text[start..],
+        first_line,
+        line,
+    });
+    docs.retain(|d| d.line != 0);
+    docs
+}
+
+/// Whether `line` starts with the document marker `marker` (`---` or `...`).
+fn is_marker(line: &str, marker: &str) -> bool {
+    line.strip_prefix(marker)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+}
+
+/// Whether `line` holds more than a marker, a comment, a directive or white space.
+fn has_content(line: &str) -> bool {
+    if is_marker(line, "...") {
+        return false;
+    }
+    let rest = if is_marker(line, "---") {
+        &line[3..]
+    } else {
+        line
+    };
+    let rest = rest.trim();
+    !rest.is_empty() && !rest.starts_with('#') && !line.starts_with('%')
 }
 
 fn parse_document(
     path: &Path,
-    first_line: usize,
-    doc: &str,
+    doc: &Document<'_>,
     defaults: Timeouts,
 ) -> Result<(Route, Option<TlsSpec>), RouteFileError> {
     let parse_err = |line: usize, message: String| RouteFileError::Parse {
@@ -298,26 +352,19 @@ fn parse_document(
         line,
         message,
     };
-    let mut unknown = Vec::new();
-    let parsed: Result<RouteDocument, _> =
-        serde_ignored::deserialize(serde_yaml::Deserializer::from_str(doc), |p| {
-            unknown.push(p.to_string())
-        });
-    let parsed = parsed.map_err(|e| {
-        let line = e.location().map_or(0, |l| l.line().saturating_sub(1));
-        parse_err(first_line + line, e.to_string())
-    })?;
+    let (parsed, unknown) = deserialize(doc).map_err(|e| parse_err(e.line, e.message))?;
     if let Some(field) = unknown.first() {
         let key = field.rsplit('.').next().unwrap_or(field);
+        let line = line_of_key(doc.text, key).map_or(doc.line, |l| doc.first_line + l);
         return Err(parse_err(
-            first_line + line_of_key(doc, key),
+            line,
             format!("unknown field {field:?}: check its spelling against the FallbackRoute schema (`fallthrough crd`)"),
         ));
     }
     let expected = format!("{GROUP}/{VERSION}");
     if parsed.api_version != expected || parsed.kind != KIND {
         return Err(parse_err(
-            first_line,
+            doc.line,
             format!(
                 "expected apiVersion: {expected} and kind: {KIND}, found {} {}",
                 parsed.api_version, parsed.kind
@@ -334,10 +381,57 @@ fn parse_document(
         .map(|validated| (validated.route, parsed.spec.tls.clone()))
         .map_err(|source| RouteFileError::Invalid {
             path: path.to_path_buf(),
-            line: first_line,
+            line: doc.line,
             route: format!("{namespace}/{}", parsed.metadata.name),
             source,
         })
+}
+
+/// Why a document does not deserialize.
+struct DocumentError {
+    /// 1-based line in the file.
+    line: usize,
+    /// What is wrong: the field, if any, the parser's message and its position.
+    message: String,
+}
+
+/// A document as a [`RouteDocument`], with the paths of the fields it has that the
+/// schema lacks.
+fn deserialize(doc: &Document<'_>) -> Result<(RouteDocument, Vec<String>), DocumentError> {
+    let mut unknown = Vec::new();
+    let mut field = None;
+    // Snippets would be multi-line; errors here are one line each, `file:line: message`.
+    let options = serde_saphyr::options! { with_snippet: false };
+    let parsed = serde_saphyr::with_deserializer_from_str_with_options(doc.text, options, |de| {
+        let mut note_unknown = |path: serde_ignored::Path| unknown.push(path.to_string());
+        let de = serde_ignored::Deserializer::new(de, &mut note_unknown);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            // `.` is the document itself; `?` a mapping key.
+            let path = e.path().to_string();
+            field = (path != "." && path != "?").then_some(path);
+            e.into_inner()
+        })
+    });
+    let error = match parsed {
+        Ok(parsed) => return Ok((parsed, unknown)),
+        Err(error) => error,
+    };
+    // The parser counts lines in the document; the message counts them in the file.
+    let offset = doc.first_line - 1;
+    let options = serde_saphyr::render_options! {
+        line_offset: offset as u64,
+        snippets: serde_saphyr::SnippetMode::Off,
+    };
+    let message = error.render_with_options(options);
+    Err(DocumentError {
+        line: error
+            .location()
+            .map_or(doc.line, |l| offset + l.line() as usize),
+        message: match field {
+            Some(field) => format!("{field}: {message}"),
+            None => message,
+        },
+    })
 }
 
 /// Reads a backend's `tls.caFile`, relative to its route file's directory.
@@ -365,15 +459,13 @@ impl crate::index::Trust for FileTrust<'_> {
 }
 
 /// Best-effort 0-based line of `key:` in a document, for pointing at unknown fields.
-fn line_of_key(doc: &str, key: &str) -> usize {
-    doc.lines()
-        .position(|l| {
-            let l = l.trim_start().trim_start_matches("- ");
-            l.strip_prefix(key).is_some_and(|r| r.starts_with(':'))
-                || l.strip_prefix(&format!("\"{key}\""))
-                    .is_some_and(|r| r.starts_with(':'))
-        })
-        .unwrap_or(0)
+fn line_of_key(doc: &str, key: &str) -> Option<usize> {
+    doc.lines().position(|l| {
+        let l = l.trim_start().trim_start_matches("- ");
+        l.strip_prefix(key).is_some_and(|r| r.starts_with(':'))
+            || l.strip_prefix(&format!("\"{key}\""))
+                .is_some_and(|r| r.starts_with(':'))
+    })
 }
 
 /// Watches `path` (and, for a file, its directory, so editors' rename-and-replace and
@@ -503,11 +595,13 @@ spec:
         let path = write(dir.path(), "r.yaml", &format!("{GOOD}---\n{broken}"));
         let errors = errors_of(&path);
         assert_eq!(errors.len(), 1, "{errors:?}");
-        let expected = format!("{}:13:", path.display());
+        let expected = format!("{}:13: spec.fallback: ", path.display());
         assert!(
             errors[0].starts_with(&expected),
             "{errors:?} should start with {expected}"
         );
+        // The parser's own position is counted in the file too, not in the document.
+        assert!(errors[0].ends_with("at line 13, column 13"), "{errors:?}");
     }
 
     #[test]
@@ -551,6 +645,141 @@ spec:
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].contains("defined twice"), "{errors:?}");
         assert!(errors[1].contains("expected apiVersion"), "{errors:?}");
+    }
+
+    /// (first line, first content line, text) of each document `documents` finds.
+    fn split(text: &str) -> Vec<(usize, usize, &str)> {
+        documents(text)
+            .iter()
+            .map(|d| (d.first_line, d.line, d.text))
+            .collect()
+    }
+
+    #[test]
+    fn documents_split_on_markers_and_keep_content_on_a_dashes_line() {
+        type Case = (
+            &'static str,
+            &'static str,
+            &'static [(usize, usize, &'static str)],
+        );
+        let cases: &[Case] = &[
+            ("no marker", "a: 1\n", &[(1, 1, "a: 1\n")]),
+            (
+                "a plain ---",
+                "a: 1\n---\nb: 2\n",
+                &[(1, 1, "a: 1\n"), (2, 3, "---\nb: 2\n")],
+            ),
+            (
+                "a whole flow mapping on the --- line",
+                "--- {a: 1}\n--- {b: 2}\n",
+                &[(1, 1, "--- {a: 1}\n"), (2, 2, "--- {b: 2}\n")],
+            ),
+            (
+                "--- # comment",
+                "--- # first\na: 1\n",
+                &[(1, 2, "--- # first\na: 1\n")],
+            ),
+            ("--- !tag", "--- !x\na: 1\n", &[(1, 1, "--- !x\na: 1\n")]),
+            (
+                "a tab after ---",
+                "a: 1\n---\t{b: 2}\n",
+                &[(1, 1, "a: 1\n"), (2, 2, "---\t{b: 2}\n")],
+            ),
+            (
+                "comments before the first --- are its document's",
+                "# routes\n\n---\na: 1\n",
+                &[(1, 4, "# routes\n\n---\na: 1\n")],
+            ),
+            (
+                "a document of comments alone is skipped",
+                "---\n# nothing\n---\na: 1\n",
+                &[(3, 4, "---\na: 1\n")],
+            ),
+            (
+                "... ends a document",
+                "a: 1\n...\nb: 2\n",
+                &[(1, 1, "a: 1\n...\n"), (3, 3, "b: 2\n")],
+            ),
+            (
+                "... with a comment, then ---",
+                "a: 1\n... # end\n---\nb: 2\n",
+                &[(1, 1, "a: 1\n... # end\n"), (3, 4, "---\nb: 2\n")],
+            ),
+            (
+                "directives go with their document",
+                "a: 1\n...\n%YAML 1.2\n---\nb: 2\n",
+                &[(1, 1, "a: 1\n...\n"), (3, 5, "%YAML 1.2\n---\nb: 2\n")],
+            ),
+            (
+                "--- in a block scalar is indented: content",
+                "a: |\n  ---\n  b\n",
+                &[(1, 1, "a: |\n  ---\n  b\n")],
+            ),
+            (
+                "---x is content",
+                "a: 1\n---x: 2\n",
+                &[(1, 1, "a: 1\n---x: 2\n")],
+            ),
+            (
+                "CRLF",
+                "a: 1\r\n---\r\nb: 2\r\n",
+                &[(1, 1, "a: 1\r\n"), (2, 3, "---\r\nb: 2\r\n")],
+            ),
+            ("no final newline", "---\na: 1", &[(1, 2, "---\na: 1")]),
+            ("nothing", "# only\n---\n...\n", &[]),
+        ];
+        for (name, text, expected) in cases {
+            assert_eq!(split(text), *expected, "{name}");
+            // Each piece is one whole document to the parser, its markers included.
+            for (_, _, doc) in *expected {
+                let parsed = serde_saphyr::from_str::<BTreeMap<String, serde_json::Value>>(doc);
+                assert!(parsed.is_ok(), "{name}: {doc:?}: {parsed:?}");
+            }
+        }
+    }
+
+    /// A route whose whole document is on its `---` line.
+    const ONE_LINE: &str = "--- {apiVersion: fallthrough.dev/v1alpha1, kind: FallbackRoute, \
+        metadata: {name: blog}, spec: {primary: {url: \"http://127.0.0.1:8080\"}, \
+        fallback: {url: \"http://127.0.0.1:8000\"}}}\n";
+
+    #[test]
+    fn a_document_may_start_on_its_dashes_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("{ONE_LINE}--- # the shop\n{GOOD}...\n");
+        let path = write(dir.path(), "r.yaml", &text);
+        let routes = load(&path, Timeouts::default()).unwrap().routes;
+        let names: Vec<_> = routes
+            .iter()
+            .map(|r| format!("{}/{}", r.namespace, r.name))
+            .collect();
+        assert_eq!(names, ["default/blog", "web/shop"]);
+    }
+
+    #[test]
+    fn errors_in_documents_that_start_on_a_dashes_line_name_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let unclosed = ONE_LINE.replace("}}}\n", "}}\n");
+        let fastcgi = ONE_LINE.replace("http://127.0.0.1:8000", "fastcgi://127.0.0.1:8000");
+        let typo = format!("{GOOD}  fallbackon: [410]\n");
+        // Line 1: a syntax error; line 2: an invalid route; line 10: an unknown field.
+        let text = format!("{unclosed}{fastcgi}--- # c\n{typo}");
+        let path = write(dir.path(), "r.yaml", &text);
+        let errors = errors_of(&path);
+        let p = path.display();
+        assert_eq!(
+            errors.len(),
+            3,
+            "one bad document hides no other: {errors:?}"
+        );
+        assert!(errors[0].starts_with(&format!("{p}:1: ")), "{errors:?}");
+        assert!(
+            errors[1].starts_with(&format!("{p}:2: route default/blog:")),
+            "{errors:?}"
+        );
+        assert!(errors[0].ends_with("at line 1, column 5"), "{errors:?}");
+        assert!(errors[2].starts_with(&format!("{p}:10: ")), "{errors:?}");
+        assert!(errors[2].contains("spec.fallbackon"), "{errors:?}");
     }
 
     #[test]

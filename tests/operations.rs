@@ -258,6 +258,8 @@ async fn a_trusted_proxys_fields_are_kept_and_name_the_client() {
         .header("x-forwarded-proto", "https")
         .header("x-forwarded-host", "www.example.com")
         .header("x-request-id", "lb-chosen-1")
+        .header("x-real-ip", "6.6.6.6")
+        .header("x_forwarded_host", "evil.example.com")
         .body(Full::default())
         .unwrap();
     let (status, headers, _) = send(ft.http, req).await;
@@ -279,6 +281,14 @@ async fn a_trusted_proxys_fields_are_kept_and_name_the_client() {
             "the right-most untrusted address"
         );
         assert_eq!(h["x-request-id"], "lb-chosen-1");
+        assert_eq!(
+            h["x-real-ip"], "198.51.100.7",
+            "whatever X-Real-IP came through"
+        );
+        assert!(
+            h.get("x_forwarded_host").is_none(),
+            "nothing vouches for it"
+        );
     }
     let lines = logged(&path, 1).await;
     assert_eq!(lines[0]["client"], "198.51.100.7");
@@ -304,6 +314,7 @@ async fn an_untrusted_peers_fields_are_removed_and_replaced() {
         .header("x-real-ip", "198.51.100.7")
         .header("forwarded", "for=198.51.100.7;proto=https")
         .header("x-request-id", "spoofed")
+        .header("x_forwarded_for", "198.51.100.7")
         .body(Full::default())
         .unwrap();
     let (_, headers, _) = send(ft.http, req).await;
@@ -317,6 +328,10 @@ async fn an_untrusted_peers_fields_are_removed_and_replaced() {
     assert_eq!(h["x-request-id"], headers["x-request-id"]);
     assert!(h.get("forwarded").is_none());
     assert!(h.get("x-forwarded-prefix").is_none());
+    assert!(
+        h.get("x_forwarded_for").is_none(),
+        "nor spelt with underscores"
+    );
     assert_eq!(logged(&path, 1).await[0]["client"], "127.0.0.1");
 }
 

@@ -14,15 +14,16 @@ use http::Version;
 
 use super::{Entry, Tried};
 
-/// Longest client-chosen field (host, target, referer, user agent, request id) logged
-/// whole; longer ones are cut, and end with `...`.
+/// Longest client-chosen field (method, host, target, referer, user agent, request id)
+/// logged whole; longer ones are cut, and end with `...`. Escaped, one field takes at
+/// most four times this in a text line, so a line stays under 52 KiB.
 pub const MAX_FIELD: usize = 2048;
 
 /// Appends `entry` as a text line.
 pub fn text(entry: &Entry, out: &mut Vec<u8>) {
     let rfc3339 = humantime::format_rfc3339_millis(entry.time).to_string();
     let _ = write!(out, "{} - - [{}] \"", entry.client, time_local(&rfc3339));
-    out.extend_from_slice(entry.method.as_str().as_bytes());
+    escaped_text(out, entry.method.as_str().as_bytes());
     out.push(b' ');
     escaped_text(out, target(entry).as_bytes());
     let _ = write!(
@@ -54,7 +55,10 @@ pub fn text(entry: &Entry, out: &mut Vec<u8>) {
                 status,
                 duration,
             }) => {
-                let _ = write!(out, " {name}={addr} {name}_status=");
+                // A route's author chose the address: escaped like a client's bytes.
+                let _ = write!(out, " {name}=");
+                escaped_text(out, addr.as_bytes());
+                let _ = write!(out, " {name}_status=");
                 match status {
                     Some(status) => {
                         let _ = write!(out, "{status}");

@@ -12,9 +12,11 @@
 //! own buffer; a full buffer, or the worker's once-a-second tick, hands the batch to one
 //! writer thread through a queue of [`QUEUED_BATCHES`]. When the queue is full the batch
 //! is dropped and its lines counted, never queued without bound. The memory this can
-//! hold is `workers × (BATCH_BYTES + one line) + QUEUED_BATCHES × (BATCH_BYTES + one line)`:
-//! about 1.2 MiB with two workers. A line holds each client-sent field cut at
-//! [`format::MAX_FIELD`] bytes, so one line stays under 10 KiB.
+//! hold is `(workers + QUEUED_BATCHES) × (BATCH_BYTES + one line)`: a line holds each
+//! client-chosen field cut at [`format::MAX_FIELD`] bytes, under 52 KiB escaped, so at
+//! worst about 2 MiB with two workers, and 1.2 MiB for ordinary lines. Besides, each
+//! response still streaming keeps its entry, which shares the request head's buffer
+//! (already within the per-connection head budget).
 
 pub mod format;
 

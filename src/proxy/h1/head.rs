@@ -342,18 +342,30 @@ pub fn is_allowed_trailer(name: &[u8]) -> bool {
         b"max-forwards",
     ];
     let conditional = name.len() > 3 && name[..3].eq_ignore_ascii_case(b"if-");
+    // Forwarding fields as trailers would reach a backend that merges trailers into
+    // the head unvetted by the trust policy.
     !(conditional
         || is_hop_by_hop_name(name)
+        || is_forwarding_name(name)
         || REFUSED.iter().any(|r| name.eq_ignore_ascii_case(r)))
 }
 
 /// Whether a client-sent field is one fallthrough sets itself, or believes only from a
-/// trusted proxy: every `X-Forwarded-*`, `X-Real-IP`, `Forwarded` and `X-Request-Id`.
+/// trusted proxy: every `X-Forwarded-*`, `X-Real-IP`, `Forwarded` and `X-Request-Id`,
+/// in any case, and spelt with `_` for `-` too: servers that map both to the same CGI
+/// name (`HTTP_X_FORWARDED_FOR`) would otherwise take `X_Forwarded_For` as the real one.
 pub fn is_forwarding_name(name: &[u8]) -> bool {
+    let same = |got: &[u8], want: &[u8]| {
+        got.len() == want.len()
+            && got
+                .iter()
+                .zip(want)
+                .all(|(&a, &b)| a.eq_ignore_ascii_case(&b) || (a == b'_' && b == b'-'))
+    };
     match name.len() {
-        9 => name.eq_ignore_ascii_case(b"x-real-ip") || name.eq_ignore_ascii_case(b"forwarded"),
-        12 => name.eq_ignore_ascii_case(b"x-request-id"),
-        n => n > 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-"),
+        9 => same(name, b"x-real-ip") || same(name, b"forwarded"),
+        12 => same(name, b"x-request-id"),
+        n => n > 12 && same(&name[..12], b"x-forwarded-"),
     }
 }
 
@@ -455,7 +467,6 @@ pub struct Kept {
     pub proto: bool,
     pub host: bool,
     pub port: bool,
-    pub real_ip: bool,
 }
 
 /// What the connection and the trust in its peer decide for the forwarding fields.
@@ -467,7 +478,7 @@ pub struct Forwarding<'c> {
     pub trusted: bool,
     /// The scheme the client used.
     pub proto: &'static str,
-    /// `X-Real-IP`, unless a trusted proxy sent one.
+    /// `X-Real-IP`: the client the request speaks for.
     pub real_ip: HeaderValue,
     pub request_id: HeaderValue,
 }
@@ -500,6 +511,18 @@ impl NamedHost {
     }
 }
 
+/// Removes the forwarding fields (see [`is_forwarding_name`]) whose names `pick` picks.
+fn remove_forwarding(headers: &mut HeaderMap, pick: impl Fn(&str) -> bool) {
+    let sent: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_forwarding_name(n.as_str().as_bytes()) && pick(n.as_str()))
+        .cloned()
+        .collect();
+    for name in sent {
+        headers.remove(name);
+    }
+}
+
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -508,9 +531,12 @@ impl UpstreamHead {
     /// Builds the upstream head. Forwarding fields the client sent (see
     /// [`is_forwarding_name`]) are taken out of `parts`, or, from a trusted proxy,
     /// kept: its `X-Forwarded-For` becomes the start of ours and its
-    /// `X-Forwarded-Proto`, `-Host`, `-Port`, `X-Real-IP` and `Forwarded` go on as
-    /// they are. So is `Expect` taken out: the proxy reads the body before the upstream
-    /// sees the request, so any 100-continue is over.
+    /// `X-Forwarded-Proto`, `-Host`, `-Port` (every `X-Forwarded-*` spelt with dashes)
+    /// and `Forwarded` go on as they are. `X-Real-IP` is always fallthrough's: the client
+    /// it found, which the access log and FastCGI's `REMOTE_ADDR` name too (an L7 load
+    /// balancer passes a client's own `X-Real-IP` through), as ingress-nginx sets it.
+    /// So is `Expect` taken out: the proxy reads the body before the upstream sees the
+    /// request, so any 100-continue is over.
     pub fn new(
         mut parts: http::request::Parts,
         fields: RawFields,
@@ -541,22 +567,16 @@ impl UpstreamHead {
                 parts.headers.remove(&X_FORWARDED_FOR);
                 // Its id was read by the proxy and goes on as ours.
                 parts.headers.remove(&X_REQUEST_ID);
+                parts.headers.remove(&X_REAL_IP);
+                // A client behind the proxy may have sent these: nothing vouches for them.
+                remove_forwarding(&mut parts.headers, |n| n.contains('_'));
                 kept = Kept {
                     proto: parts.headers.contains_key(&X_FORWARDED_PROTO),
                     host: parts.headers.contains_key(&X_FORWARDED_HOST),
                     port: parts.headers.contains_key(&X_FORWARDED_PORT),
-                    real_ip: parts.headers.contains_key(&X_REAL_IP),
                 };
             } else {
-                let sent: Vec<HeaderName> = parts
-                    .headers
-                    .keys()
-                    .filter(|n| is_forwarding_name(n.as_str().as_bytes()))
-                    .cloned()
-                    .collect();
-                for name in sent {
-                    parts.headers.remove(name);
-                }
+                remove_forwarding(&mut parts.headers, |_| true);
             }
         }
         UpstreamHead {
@@ -606,7 +626,7 @@ impl UpstreamHead {
                 .filter(|_| !kept.host)
                 .map(|h| ("x-forwarded-host", h.as_bytes())),
             (!kept.port).then(|| ("x-forwarded-port", port())),
-            (!kept.real_ip).then_some(("x-real-ip", self.real_ip.as_bytes())),
+            Some(("x-real-ip", self.real_ip.as_bytes())),
             Some(("x-request-id", self.request_id.as_bytes())),
         ]
         .into_iter()
@@ -784,6 +804,8 @@ mod tests {
         ("x-forwarded-host", "spoofed"),
         ("x-forwarded-port", "1"),
         ("x-forwarded-prefix", "/admin"),
+        ("x_forwarded_for", "6.6.6.6"),
+        ("X_Real_IP", "6.6.6.6"),
         ("x-real-ip", "6.6.6.6"),
         ("forwarded", "for=6.6.6.6"),
         ("x-request-id", "theirs"),
@@ -824,10 +846,11 @@ mod tests {
                 pair("x-forwarded-port", "1"),
                 pair("x-forwarded-prefix", "/admin"),
                 pair("x-forwarded-proto", "gopher"),
-                pair("x-real-ip", "6.6.6.6"),
+                pair("x-real-ip", "198.51.100.7"),
                 pair("x-request-id", "id-1"),
             ],
-            "each once: the trusted proxy's id was read into ours"
+            "each once: the trusted proxy's id was read into ours; the client it found is \
+             X-Real-IP; underscore spellings nothing vouches for are gone"
         );
         // Nothing sent: fallthrough's own, the port by scheme.
         let head = upstream(true, &[], "shop");
@@ -848,6 +871,34 @@ mod tests {
             b"443",
             "https without a port"
         );
+    }
+
+    #[test]
+    fn forwarding_names_in_any_spelling_and_never_as_trailers() {
+        for name in [
+            "X-Forwarded-For",
+            "x_forwarded_for",
+            "X-FORWARDED-PREFIX",
+            "x_forwarded_host",
+            "X-Real-IP",
+            "x_real_ip",
+            "Forwarded",
+            "x-request-id",
+            "X_Request_Id",
+        ] {
+            assert!(is_forwarding_name(name.as_bytes()), "{name}");
+            assert!(!is_allowed_trailer(name.as_bytes()), "{name} as a trailer");
+        }
+        for name in [
+            "x-forwarded",
+            "x-real-ips",
+            "forwarded-for",
+            "x-request",
+            "x_custom",
+        ] {
+            assert!(!is_forwarding_name(name.as_bytes()), "{name}");
+        }
+        assert!(is_allowed_trailer(b"x-checksum"));
     }
 
     #[test]

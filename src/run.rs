@@ -156,18 +156,7 @@ async fn serve_files(args: RunArgs, path: PathBuf) -> Result<(), RunError> {
     let defaults = args.default_timeouts();
     let metrics = Arc::new(Metrics::new(args.workers()));
     let readiness = Arc::new(Readiness::default());
-    let insight = Insight::new(
-        args.paths_top as usize,
-        args.paths_memory,
-        default_identity(),
-    );
-    let proxy = Proxy::new(
-        metrics.clone(),
-        insight,
-        args.limits(),
-        args.workers(),
-        front(&args, &metrics)?,
-    );
+    let proxy = new_proxy(&args, &metrics, default_identity())?;
 
     let default_cert = DefaultCert::from_args(&args)?;
     let loaded = files::load(&path, defaults).map_err(|errors| {
@@ -336,14 +325,7 @@ async fn serve_cluster(args: RunArgs) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new(args.workers()));
     let readiness = Arc::new(Readiness::default());
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let insight = Insight::new(args.paths_top as usize, args.paths_memory, identity.clone());
-    let proxy = Proxy::new(
-        metrics.clone(),
-        insight,
-        args.limits(),
-        args.workers(),
-        front(&args, &metrics)?,
-    );
+    let proxy = new_proxy(&args, &metrics, identity.clone())?;
     let (http, admin) = bind_both(&args).await?;
     let options = ControllerOptions {
         index: IndexOptions {
@@ -430,6 +412,22 @@ async fn serve_until_stopped(
     }
     admin_task.abort();
     Ok(())
+}
+
+/// The proxy the flags describe, its paths report naming this replica `identity`.
+fn new_proxy(
+    args: &RunArgs,
+    metrics: &Arc<Metrics>,
+    identity: String,
+) -> Result<Arc<Proxy>, RunError> {
+    let insight = Insight::new(args.paths_top as usize, args.paths_memory, identity);
+    Ok(Proxy::new(
+        metrics.clone(),
+        insight,
+        args.limits(),
+        args.workers(),
+        front(args, metrics)?,
+    ))
 }
 
 /// What stands in front of the proxy, from the flags: the trusted proxies, the PROXY

@@ -20,10 +20,9 @@ use super::body::{
     read_request_body, ClientRequestBody, NoReplay, ReadBodyError, ReplayBudget, RequestBody,
     UpstreamBody,
 };
-use super::h1::head::{
-    is_upgrade, remove_hop_by_hop, Forwarding, NamedHost, RawFields, UpstreamHead,
-};
+use super::h1::head::{is_upgrade, remove_hop_by_hop, RawFields};
 use super::h1::inbound::H1BodyError;
+use super::h1::upstream_head::{Forwarding, NamedHost, UpstreamHead};
 use super::rescue::ProxyError;
 use super::trail::Trail;
 use super::upstream::{self, ResponseBody};

@@ -5,7 +5,7 @@
 //! (`X-Forwarded-For`, `X-Request-Id`).
 //! Out: whether a peer is trusted, the client address (for the access log, FastCGI's
 //! `REMOTE_ADDR` and `X-Real-IP`), and the request's id. Pure; which fields are kept or
-//! replaced on the way upstream is decided in [`super::h1::head::UpstreamHead`].
+//! replaced on the way upstream is decided in [`super::h1::upstream_head::UpstreamHead`].
 //!
 //! Why a list and not "trust everyone": a client that can set `X-Forwarded-For` can
 //! pose as any address to the apps behind, and Traefik's issue tracker is full of users

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use http::header;
 
 use super::codec::put_name_value;
-use crate::proxy::h1::head::UpstreamHead;
+use crate::proxy::h1::upstream_head::UpstreamHead;
 use crate::routes::FastCgi;
 
 /// The two ends of the client's connection.

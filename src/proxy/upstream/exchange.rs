@@ -26,7 +26,8 @@ use crate::proxy::h1::codec::{
     self, put_chunk_size, put_content_length, put_field, put_last_chunk, Asked, Decoded,
     ResponseFraming, ResponseHead,
 };
-use crate::proxy::h1::head::{RawFields, UpstreamHead};
+use crate::proxy::h1::head::RawFields;
+use crate::proxy::h1::upstream_head::UpstreamHead;
 
 /// Request bodies up to this size are copied behind the head and written in one call.
 const COALESCE_BYTES: usize = 16 * 1024;

@@ -29,7 +29,7 @@ use super::{pool, Failed, ResponseBody, UpstreamError};
 use crate::proxy::body::UpstreamBody;
 use crate::proxy::fastcgi::codec::{self, Record, RecordType, Records, MAX_CONTENT};
 use crate::proxy::fastcgi::params;
-use crate::proxy::h1::head::UpstreamHead;
+use crate::proxy::h1::upstream_head::UpstreamHead;
 use crate::routes::{Endpoint, FastCgi, Protocol, Timeouts};
 
 /// Request bodies are sent in writes of about this size; smaller frames are gathered.

@@ -33,7 +33,8 @@ use http::{Method, Response};
 
 use super::body::{BodyError, UpstreamBody};
 use super::fastcgi::params::ScriptPathError;
-use super::h1::head::{RawFields, UpstreamHead};
+use super::h1::head::RawFields;
+use super::h1::upstream_head::UpstreamHead;
 use crate::routes::{Endpoint, Protocol, Timeouts};
 use exchange::{exchange, Deadlines};
 pub use exchange::{HttpBody, ResponseBodyError};

@@ -50,6 +50,10 @@ pub struct ClientBody {
     timer: Option<RequestTimer>,
     /// The request's access log line, written when the body is done (or dropped).
     log: Option<Pending>,
+    /// `X-Request-Id`, written by whoever writes the head: kept out of the header map,
+    /// which most answers of the HTTP/1.1 server leave empty (building it cost more
+    /// than the rest of the head).
+    request_id: Option<http::HeaderValue>,
 }
 
 enum ClientKind {
@@ -74,6 +78,7 @@ impl ClientBody {
             kind: ClientKind::Empty,
             timer: None,
             log: None,
+            request_id: None,
         }
     }
 
@@ -83,6 +88,7 @@ impl ClientBody {
             kind: ClientKind::Full(Some(bytes.into())),
             timer: None,
             log: None,
+            request_id: None,
         }
     }
 
@@ -95,6 +101,7 @@ impl ClientBody {
             },
             timer: None,
             log: None,
+            request_id: None,
         }
     }
 
@@ -107,6 +114,7 @@ impl ClientBody {
             },
             timer: None,
             log: None,
+            request_id: None,
         }
     }
 
@@ -127,6 +135,7 @@ impl ClientBody {
             kind: ClientKind::Tunnel(Some((upstream, early))),
             timer: None,
             log: None,
+            request_id: None,
         }
     }
 
@@ -149,6 +158,16 @@ impl ClientBody {
         self.timer = Some(timer);
     }
 
+    /// Sets the answer's `X-Request-Id`.
+    pub fn set_request_id(&mut self, id: http::HeaderValue) {
+        self.request_id = Some(id);
+    }
+
+    /// The answer's `X-Request-Id`, taken out by whoever writes the head.
+    pub fn take_request_id(&mut self) -> Option<http::HeaderValue> {
+        self.request_id.take()
+    }
+
     /// Attaches the request's access log entry, which counts the body bytes sent and is
     /// logged at the last one.
     pub fn log(&mut self, pending: Pending) {
@@ -157,10 +176,14 @@ impl ClientBody {
 }
 
 /// A response ready for hyper, which writes only the header map: any raw upstream
-/// fields move into it.
+/// fields, and the request id, move into it.
 pub fn with_header_map(mut resp: http::Response<ClientBody>) -> http::Response<ClientBody> {
     let fields = resp.body_mut().take_fields();
     fields.append_to(resp.headers_mut());
+    if let Some(id) = resp.body_mut().take_request_id() {
+        resp.headers_mut()
+            .insert(http::header::HeaderName::from_static("x-request-id"), id);
+    }
     resp
 }
 

@@ -293,7 +293,11 @@ impl Proxy {
             trail: &trail,
         };
         let mut resp = self.answer(req, fields, conn, asked).await;
-        resp.headers_mut().insert(&X_REQUEST_ID, request_id);
+        // An upstream's echo of it went into the map (the codec saw to that): ours wins.
+        if !resp.headers().is_empty() {
+            resp.headers_mut().remove(&X_REQUEST_ID);
+        }
+        resp.body_mut().set_request_id(request_id);
         if let (Some(log), Some(mut entry)) = (&self.front.access_log, entry) {
             let received = trail.fill(&mut entry);
             entry.status = resp.status().as_u16();

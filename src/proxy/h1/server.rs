@@ -374,6 +374,9 @@ fn put_head(out: &mut Vec<u8>, resp: &mut Response<ClientBody>, answer: Answer) 
             put_field(out, name, value);
         }
     }
+    if let Some(id) = resp.body_mut().take_request_id() {
+        put_field(out, b"x-request-id", id.as_bytes());
+    }
     if !dated {
         out.extend_from_slice(b"date: ");
         DATE.with(|date| out.extend_from_slice(&date.borrow()));

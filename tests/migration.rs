@@ -32,12 +32,13 @@ async fn a_remembered_path_skips_the_primary_until_its_ttl_ends() {
     ))
     .await;
 
+    // Taken before the request: the TTL runs from when the proxy read it.
+    let remembered_at = Instant::now();
     let (status, headers, _) = ft.get("/new?page=1").await;
     assert_eq!(
         (status.as_u16(), headers["x-backend"].to_str().unwrap()),
         (200, "py")
     );
-    let remembered_at = Instant::now();
     assert_eq!(paths_seen(&php), ["/new?page=1"], "asked once: a 404");
 
     // Within the TTL: straight to the fallback, whatever the method or query.

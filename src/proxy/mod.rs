@@ -183,10 +183,13 @@ impl Proxy {
             .flat_map(|p| p.0.table.routes().iter().zip(&p.0.runtimes))
             .map(|(route, rt)| (route.key(), (route, rt)))
             .collect();
+        // Kept routes keep their series; removed routes' series leave `/metrics` here.
+        let metrics = self.metrics.serve(table.routes());
         let runtimes = table
             .routes()
             .iter()
-            .map(|route| {
+            .zip(metrics)
+            .map(|(route, metrics)| {
                 let before = kept.get(&route.key());
                 let remembered = route.remember.map(|remember| {
                     match before.and_then(|(old, rt)| {
@@ -200,7 +203,7 @@ impl Proxy {
                     }
                 });
                 RouteRuntime {
-                    metrics: Arc::new(self.metrics.route(route)),
+                    metrics,
                     remembered,
                     record: self.insight.route(&route.key()),
                     turns: self.snapshot.map(|_| Default::default()),

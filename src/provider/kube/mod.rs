@@ -256,11 +256,10 @@ fn watcher<K: Indexed>(api: Api<K>) -> impl futures_util::Stream<Item = watcher:
 /// Swaps in the certificates of a build; open connections keep theirs.
 fn publish_certs(proxy: &Proxy, metrics: &Metrics, built: &crate::index::cluster::Built) {
     let mut store = crate::tls::CertStore::default();
-    metrics.certificates_replaced();
-    for hc in built.certs.iter().chain(&built.default_cert) {
+    metrics.certificates_served(built.certs.iter().chain(&built.default_cert).map(|hc| {
         let (ns, name) = hc.secret.split_once('/').unwrap_or(("", &hc.secret));
-        metrics.certificate_expiry(ns, name, hc.cert.not_after);
-    }
+        (ns, name, hc.cert.not_after)
+    }));
     for hc in &built.certs {
         store.add(&hc.hosts, &hc.cert);
     }

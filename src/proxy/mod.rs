@@ -218,6 +218,14 @@ impl Proxy {
         }
     }
 
+    /// Whether the table now serving has exactly these routes.
+    pub fn serves(&self, routes: &[crate::routes::Route]) -> bool {
+        self.snapshot
+            .all()
+            .next()
+            .is_some_and(|copy| copy.load().0.table.routes() == routes)
+    }
+
     /// Handles one client request; never fails, errors become responses. HTTP/1.x
     /// heads may keep their fields raw, in `fields` rather than the request's map.
     ///

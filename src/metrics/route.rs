@@ -359,13 +359,13 @@ impl RouteMetrics {
             ];
             into.upstream_errors.push(counter(&labels, n));
         }
-        for b in 0..2 {
+        for (b, backend) in BACKENDS[..2].iter().enumerate() {
             let copies = self
                 .copies
                 .all()
                 .filter_map(|c| c.upstream_duration[b].get());
             if let Some(h) = histogram(copies) {
-                let labels = [("backend", BACKENDS[b]), ("namespace", ns), ("route", name)];
+                let labels = [("backend", *backend), ("namespace", ns), ("route", name)];
                 into.upstream_duration.push(with_labels(h, &labels));
             }
         }

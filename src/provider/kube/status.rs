@@ -303,9 +303,11 @@ mod tests {
                 want("Accepted", "False", "Conflicted"),
                 want("Programmed", "False", "NotAccepted"),
             ],
-            observed: observed.map(|conditions| Observed {
-                reference: Default::default(),
-                conditions,
+            observed: observed.map(|conditions| {
+                Arc::new(Observed {
+                    reference: Default::default(),
+                    conditions,
+                })
             }),
         }
     }

@@ -17,8 +17,7 @@ mod route;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{MetricFamily, MetricType};
+use prometheus::proto::MetricType;
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::routes::Route;
@@ -40,7 +39,7 @@ const MAX_COPIES: usize = 8;
 pub const SELF_BACKEND: &str = "fallthrough";
 
 /// The families every request writes: name, help, type, labels. Their series belong to
-/// the routes ([`RouteMetrics`]) and are exported by [`RouteSeries`].
+/// the routes ([`RouteMetrics`]) and are written by [`Metrics::encode`].
 const REQUEST_FAMILIES: [(&str, &str, MetricType, &[&str]); 6] = [
     (
         "fallthrough_requests_total",
@@ -83,30 +82,6 @@ const REQUEST_FAMILIES: [(&str, &str, MetricType, &[&str]); 6] = [
 /// The routes whose series a scrape shows: those of the table now serving.
 type Served = Mutex<HashMap<String, Arc<RouteMetrics>>>;
 
-/// Exports the request-path series of the served routes and of unrouted requests.
-struct RouteSeries {
-    descs: Vec<Desc>,
-    served: Arc<Served>,
-    unrouted: Arc<RouteMetrics>,
-}
-
-impl Collector for RouteSeries {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        // Not held while exporting: a publish waits for a clone of the list, no more.
-        let served: Vec<Arc<RouteMetrics>> = lock(&self.served).values().cloned().collect();
-        let mut families = Families::default();
-        self.unrouted.export(&mut families);
-        for route in served {
-            route.export(&mut families);
-        }
-        families.into_families()
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -116,7 +91,7 @@ pub struct Metrics {
     registry: Registry,
     /// Copies of each route's request-path counts (one per worker, up to [`MAX_COPIES`]).
     copies: usize,
-    /// The served routes' request-path series, exported by [`RouteSeries`].
+    /// The served routes' request-path series, written after the registry's by [`Metrics::encode`].
     served: Arc<Served>,
     unrouted: Arc<RouteMetrics>,
     /// Routes with remembered-paths series, to remove them when the route goes.
@@ -159,20 +134,6 @@ impl Metrics {
         let copies = workers.clamp(1, MAX_COPIES);
         let served = Arc::new(Served::default());
         let unrouted = Arc::new(RouteMetrics::unrouted(copies));
-        let descs = REQUEST_FAMILIES
-            .iter()
-            .map(|(name, help, _, labels)| {
-                let labels = labels.iter().map(|l| l.to_string()).collect();
-                Desc::new(name.to_string(), help.to_string(), labels, HashMap::new())
-                    .expect("valid metric definition")
-            })
-            .collect();
-        r.register(Box::new(RouteSeries {
-            descs,
-            served: served.clone(),
-            unrouted: unrouted.clone(),
-        }))
-        .expect("metric registered once");
         Metrics {
             copies,
             served,
@@ -362,6 +323,15 @@ impl Metrics {
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("encoding to a Vec cannot fail");
+        // Not held while writing: a publish waits for a copy of the list, no more.
+        let mut served: Vec<Arc<RouteMetrics>> = lock(&self.served).values().cloned().collect();
+        served.sort_by(|a, b| a.key().cmp(&b.key()));
+        let mut families = Families::default();
+        self.unrouted.export(&mut families);
+        for route in served {
+            route.export(&mut families);
+        }
+        families.write(&mut out);
         out
     }
 }

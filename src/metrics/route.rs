@@ -2,7 +2,7 @@
 //!
 //! In: what the proxy counts per request on a route (responses, fallbacks, upstream
 //! attempts and errors, durations), each into the current worker's copy.
-//! Out: the route's series as Prometheus samples, summed over the copies, added to the
+//! Out: the route's series as Prometheus text, summed over the copies, added to the
 //! families of a scrape ([`Families`]) for as long as the route is served.
 //!
 //! Why owned: a route that leaves the table must leave `/metrics`, and a request still
@@ -19,9 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use prometheus::proto::{
-    Bucket, Counter, Histogram as HistogramSample, LabelPair, Metric, MetricFamily,
-};
+use prometheus::proto::MetricType;
 
 use super::{DURATION_BUCKETS, SELF_BACKEND};
 use crate::routes::{Answerer, CutOver, Route};
@@ -201,6 +199,11 @@ impl RouteMetrics {
         *shape = next;
     }
 
+    /// (namespace, name), the order of a scrape.
+    pub(super) fn key(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+
     fn local(&self) -> &Counts {
         self.copies.local()
     }
@@ -309,16 +312,19 @@ impl RouteMetrics {
         let service = |b: usize| shape.services.get(b).map_or("", String::as_str);
         let mut request = |b: usize, code: u16, n: u64| {
             let code = code.to_string();
-            into.requests.push(counter(
-                &[
-                    ("backend", BACKENDS[b]),
-                    ("code", &code),
-                    ("namespace", ns),
-                    ("route", name),
-                    ("service", service(b)),
-                ],
-                n,
-            ));
+            into.push(
+                REQUESTS,
+                counter(
+                    &[
+                        ("backend", BACKENDS[b]),
+                        ("code", &code),
+                        ("namespace", ns),
+                        ("route", name),
+                        ("service", service(b)),
+                    ],
+                    n,
+                ),
+            );
         };
         if self.routed {
             for b in 0..2 {
@@ -327,6 +333,8 @@ impl RouteMetrics {
                 }
             }
         }
+        let mut responses: Vec<_> = responses.into_iter().collect();
+        responses.sort_unstable();
         for ((b, code), n) in responses {
             request(b, code, n);
         }
@@ -342,14 +350,16 @@ impl RouteMetrics {
             if shown {
                 let n = sum(&|c| c.fallbacks[i].load(Ordering::Relaxed));
                 let labels = [("namespace", ns), ("reason", reason), ("route", name)];
-                into.fallbacks.push(counter(&labels, n));
+                into.push(FALLBACKS, counter(&labels, n));
             }
         }
         for (i, reason) in SKIPPED_REASONS.into_iter().enumerate() {
             let n = sum(&|c| c.skipped[i].load(Ordering::Relaxed));
             let labels = [("namespace", ns), ("reason", reason), ("route", name)];
-            into.skipped.push(counter(&labels, n));
+            into.push(SKIPPED, counter(&labels, n));
         }
+        let mut errors: Vec<_> = errors.into_iter().collect();
+        errors.sort_unstable();
         for ((b, kind), n) in errors {
             let labels = [
                 ("backend", BACKENDS[b]),
@@ -357,7 +367,7 @@ impl RouteMetrics {
                 ("namespace", ns),
                 ("route", name),
             ];
-            into.upstream_errors.push(counter(&labels, n));
+            into.push(UPSTREAM_ERRORS, counter(&labels, n));
         }
         for (b, backend) in BACKENDS[..2].iter().enumerate() {
             let copies = self
@@ -366,111 +376,127 @@ impl RouteMetrics {
                 .filter_map(|c| c.upstream_duration[b].get());
             if let Some(h) = histogram(copies) {
                 let labels = [("backend", *backend), ("namespace", ns), ("route", name)];
-                into.upstream_duration.push(with_labels(h, &labels));
+                into.push(UPSTREAM_DURATION, with_labels(h, &labels));
             }
         }
         if let Some(h) = histogram(self.copies.all().filter_map(|c| c.request_duration.get())) {
             let labels = [("namespace", ns), ("route", name)];
-            into.request_duration.push(with_labels(h, &labels));
+            into.push(REQUEST_DURATION, with_labels(h, &labels));
         }
     }
 }
 
-/// The samples of a scrape's request-path families, filled route by route.
+/// A scrape's request-path families as Prometheus text, filled route by route: written
+/// straight to text, since 10,000 routes' series as prometheus's structures would take
+/// several times the text's size for the length of a scrape.
 #[derive(Default)]
 pub(super) struct Families {
-    requests: Vec<Metric>,
-    fallbacks: Vec<Metric>,
-    skipped: Vec<Metric>,
-    upstream_duration: Vec<Metric>,
-    request_duration: Vec<Metric>,
-    upstream_errors: Vec<Metric>,
+    text: [String; 6],
+}
+
+const REQUESTS: usize = 0;
+const FALLBACKS: usize = 1;
+const SKIPPED: usize = 2;
+const UPSTREAM_DURATION: usize = 3;
+const REQUEST_DURATION: usize = 4;
+const UPSTREAM_ERRORS: usize = 5;
+
+/// One series: its labels (`a="x",b="y"`) and value.
+enum Sample {
+    Counter(String, u64),
+    Histogram(String, Summed),
+}
+
+/// A histogram summed over the copies: per-bucket counts (the last past every bound) and sum.
+struct Summed {
+    counts: [u64; DURATION_BUCKETS.len() + 1],
+    sum: f64,
 }
 
 impl Families {
-    /// The families, named as [`super::REQUEST_FAMILIES`] lists them.
-    pub(super) fn into_families(self) -> Vec<MetricFamily> {
-        let samples = [
-            self.requests,
-            self.fallbacks,
-            self.skipped,
-            self.upstream_duration,
-            self.request_duration,
-            self.upstream_errors,
-        ];
-        super::REQUEST_FAMILIES
-            .iter()
-            .zip(samples)
-            .map(|((name, help, kind, _), metrics)| {
-                let mut family = MetricFamily::default();
-                family.set_name(name.to_string());
-                family.set_help(help.to_string());
-                family.set_field_type(*kind);
-                family.set_metric(metrics);
-                family
-            })
-            .collect()
+    fn push(&mut self, family: usize, sample: Sample) {
+        use std::fmt::Write;
+        let name = super::REQUEST_FAMILIES[family].0;
+        let out = &mut self.text[family];
+        // Writing to a String cannot fail.
+        let _ = match sample {
+            Sample::Counter(labels, n) => writeln!(out, "{name}{{{labels}}} {n}"),
+            Sample::Histogram(labels, h) => {
+                let mut cumulative = 0;
+                for (le, n) in DURATION_BUCKETS.iter().zip(h.counts) {
+                    cumulative += n;
+                    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+                }
+                let count: u64 = h.counts.iter().sum();
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+                let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+                writeln!(out, "{name}_count{{{labels}}} {count}")
+            }
+        };
+    }
+
+    /// Appends the families with any series, with their `# HELP` and `# TYPE` lines.
+    pub(super) fn write(self, out: &mut Vec<u8>) {
+        for ((name, help, kind, _), text) in super::REQUEST_FAMILIES.iter().zip(self.text) {
+            if text.is_empty() {
+                continue;
+            }
+            let kind = match kind {
+                MetricType::HISTOGRAM => "histogram",
+                _ => "counter",
+            };
+            out.extend_from_slice(
+                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n").as_bytes(),
+            );
+            out.extend_from_slice(text.as_bytes());
+        }
     }
 }
 
-fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
-    pairs
-        .iter()
-        .map(|(name, value)| {
-            let mut pair = LabelPair::default();
-            pair.set_name(name.to_string());
-            pair.set_value(value.to_string());
-            pair
-        })
-        .collect()
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(name);
+        out.push_str("=\"");
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out
 }
 
-fn counter(pairs: &[(&str, &str)], n: u64) -> Metric {
-    let mut c = Counter::default();
-    c.set_value(n as f64);
-    let mut m = Metric::from_label(labels(pairs));
-    m.set_counter(c);
-    m
+fn counter(pairs: &[(&str, &str)], n: u64) -> Sample {
+    Sample::Counter(labels(pairs), n)
 }
 
-fn with_labels(h: HistogramSample, pairs: &[(&str, &str)]) -> Metric {
-    let mut m = Metric::from_label(labels(pairs));
-    m.set_histogram(h);
-    m
+fn with_labels(h: Summed, pairs: &[(&str, &str)]) -> Sample {
+    Sample::Histogram(labels(pairs), h)
 }
 
 /// The sum of some copies of a histogram; `None` if none was ever observed.
-fn histogram<'a>(copies: impl Iterator<Item = &'a Arc<Hist>>) -> Option<HistogramSample> {
-    let mut counts = [0u64; DURATION_BUCKETS.len() + 1];
-    let mut sum = 0.0;
+fn histogram<'a>(copies: impl Iterator<Item = &'a Arc<Hist>>) -> Option<Summed> {
+    let mut summed = Summed {
+        counts: [0; DURATION_BUCKETS.len() + 1],
+        sum: 0.0,
+    };
     let mut any = false;
     for h in copies {
         any = true;
-        for (total, c) in counts.iter_mut().zip(&h.counts) {
+        for (total, c) in summed.counts.iter_mut().zip(&h.counts) {
             *total += c.load(Ordering::Relaxed);
         }
-        sum += f64::from_bits(h.sum_bits.load(Ordering::Relaxed));
+        summed.sum += f64::from_bits(h.sum_bits.load(Ordering::Relaxed));
     }
-    if !any {
-        return None;
-    }
-    let mut cumulative = 0;
-    let buckets = DURATION_BUCKETS
-        .iter()
-        .zip(counts)
-        .map(|(le, n)| {
-            cumulative += n;
-            let mut b = Bucket::default();
-            b.set_upper_bound(*le);
-            b.set_cumulative_count(cumulative);
-            b
-        })
-        .collect();
-    let mut h = HistogramSample::default();
-    h.set_sample_count(counts.iter().sum());
-    h.set_sample_sum(sum);
-    h.set_bucket(buckets);
-    Some(h)
+    any.then_some(summed)
 }
 
 /// Observes a whole request's duration once, on drop (after the last byte of the

@@ -7,23 +7,22 @@
 //! Labels are bounded (namespace, route, backend, service, status code, reason), never
 //! the request path.
 //!
-//! The families every request writes exist once per worker thread ([`PerWorker`]), so
-//! the workers never write the same counter; a scrape sums the copies into one series
-//! per label set.
+//! The families every request writes belong to the routes ([`route`]): each route holds
+//! one copy of its counts per worker thread, so the workers never write the same
+//! counter, and a scrape sums the copies into one series per label set. A route's series
+//! are exported while it is served, and leave `/metrics` with it ([`Metrics::serve`]).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod route;
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{Metric, MetricFamily, MetricType};
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
-};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::routes::{Answerer, Route};
-use crate::shard::PerWorker;
+use prometheus::proto::MetricType;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use crate::routes::Route;
+use route::Families;
+pub use route::{RequestTimer, RouteMetrics};
 
 /// Buckets for upstream and request durations: from a fast in-cluster hit to a slow page.
 const DURATION_BUCKETS: &[f64] = &[
@@ -31,24 +30,79 @@ const DURATION_BUCKETS: &[f64] = &[
     60.0,
 ];
 
-/// At most this many copies of the request-path families. Each copy holds every route's
-/// series, so on a many-core machine with many routes memory, not contention, becomes
+/// At most this many copies of the request-path counts. Each copy holds every route's
+/// counters, so on a many-core machine with many routes memory, not contention, becomes
 /// the limit; past this, workers share copies (still exact: every copy is atomic).
 const MAX_COPIES: usize = 8;
 
 /// Label value of `backend` for responses fallthrough wrote itself (no route, upstream error).
 pub const SELF_BACKEND: &str = "fallthrough";
 
+/// The families every request writes: name, help, type, labels. Their series belong to
+/// the routes ([`RouteMetrics`]) and are written by [`Metrics::encode`].
+const REQUEST_FAMILIES: [(&str, &str, MetricType, &[&str]); 6] = [
+    (
+        "fallthrough_requests_total",
+        "Responses sent to clients, by the backend that produced them (primary, fallback, or fallthrough itself).",
+        MetricType::COUNTER,
+        &["namespace", "route", "backend", "service", "code"],
+    ),
+    (
+        "fallthrough_fallbacks_total",
+        "Requests sent to the fallback, by reason (status: the primary answered a fallbackOn status; error: the primary was unreachable; remembered: the primary did not serve the path recently, rememberFallbacks; skip_primary: a skipPrimary prefix).",
+        MetricType::COUNTER,
+        &["namespace", "route", "reason"],
+    ),
+    (
+        "fallthrough_fallbacks_skipped_total",
+        "Requests that should have gone to the fallback but could not be replayed: body_too_large (over maxReplayBytes), replay_budget (the process-wide --max-replay-buffer was spent).",
+        MetricType::COUNTER,
+        &["namespace", "route", "reason"],
+    ),
+    (
+        "fallthrough_upstream_duration_seconds",
+        "Time from sending a request to a backend until its response head, per attempt.",
+        MetricType::HISTOGRAM,
+        &["namespace", "route", "backend"],
+    ),
+    (
+        "fallthrough_request_duration_seconds",
+        "Time from receiving a request until its response body was sent.",
+        MetricType::HISTOGRAM,
+        &["namespace", "route"],
+    ),
+    (
+        "fallthrough_upstream_errors_total",
+        "Failed upstream attempts, by kind (connect, timeout, protocol).",
+        MetricType::COUNTER,
+        &["namespace", "route", "backend", "kind"],
+    ),
+];
+
+/// The routes whose series a scrape shows: those of the table now serving.
+type Served = Mutex<HashMap<String, Arc<RouteMetrics>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The process's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
-    /// What requests write, one copy per worker; registered as one [`Summed`] collector.
-    per_request: Arc<PerWorker<RequestFamilies>>,
+    /// Copies of each route's request-path counts (one per worker, up to [`MAX_COPIES`]).
+    copies: usize,
+    /// The served routes' request-path series, written after the registry's by [`Metrics::encode`].
+    served: Arc<Served>,
+    unrouted: Arc<RouteMetrics>,
+    /// Routes with remembered-paths series, to remove them when the route goes.
+    remembered_routes: Mutex<HashSet<(String, String)>>,
     routes: IntGauge,
     routes_rejected: IntGauge,
     config_reloads: IntCounterVec,
     config_last_reload_successful: IntGauge,
     tls_expiry: prometheus::GaugeVec,
+    /// The label sets `tls_expiry` shows now.
+    tls_shown: Mutex<HashSet<(String, String)>>,
     tls_handshake_errors: IntCounterVec,
     remembered_paths: prometheus::IntGaugeVec,
     remembered_evictions: IntCounterVec,
@@ -58,21 +112,12 @@ pub struct Metrics {
     proxy_protocol_refused: IntCounter,
 }
 
-fn counter_family(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition")
-}
-
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = counter_family(name, help, labels);
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
     registry
         .register(Box::new(c.clone()))
         .expect("metric registered once");
     c
-}
-
-fn histogram_family(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
-    HistogramVec::new(opts, labels).expect("valid metric definition")
 }
 
 fn int_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -91,150 +136,19 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
-/// The families written on the request path: one worker's copy.
-struct RequestFamilies {
-    requests: IntCounterVec,
-    fallbacks: IntCounterVec,
-    fallbacks_skipped: IntCounterVec,
-    upstream_duration: HistogramVec,
-    request_duration: HistogramVec,
-    upstream_errors: IntCounterVec,
-}
-
-impl RequestFamilies {
-    fn new() -> Self {
-        RequestFamilies {
-            requests: counter_family(
-                "fallthrough_requests_total",
-                "Responses sent to clients, by the backend that produced them (primary, fallback, or fallthrough itself).",
-                &["namespace", "route", "backend", "service", "code"],
-            ),
-            fallbacks: counter_family(
-                "fallthrough_fallbacks_total",
-                "Requests sent to the fallback, by reason (status: the primary answered a fallbackOn status; error: the primary was unreachable; remembered: the primary did not serve the path recently, rememberFallbacks; skip_primary: a skipPrimary prefix).",
-                &["namespace", "route", "reason"],
-            ),
-            fallbacks_skipped: counter_family(
-                "fallthrough_fallbacks_skipped_total",
-                "Requests that should have gone to the fallback but could not be replayed: body_too_large (over maxReplayBytes), replay_budget (the process-wide --max-replay-buffer was spent).",
-                &["namespace", "route", "reason"],
-            ),
-            upstream_duration: histogram_family(
-                "fallthrough_upstream_duration_seconds",
-                "Time from sending a request to a backend until its response head, per attempt.",
-                &["namespace", "route", "backend"],
-            ),
-            request_duration: histogram_family(
-                "fallthrough_request_duration_seconds",
-                "Time from receiving a request until its response body was sent.",
-                &["namespace", "route"],
-            ),
-            upstream_errors: counter_family(
-                "fallthrough_upstream_errors_total",
-                "Failed upstream attempts, by kind (connect, timeout, protocol).",
-                &["namespace", "route", "backend", "kind"],
-            ),
-        }
-    }
-
-    fn collectors(&self) -> [&dyn Collector; 6] {
-        [
-            &self.requests,
-            &self.fallbacks,
-            &self.fallbacks_skipped,
-            &self.upstream_duration,
-            &self.request_duration,
-            &self.upstream_errors,
-        ]
-    }
-}
-
-/// Exports the workers' copies of [`RequestFamilies`] as one set of series, summed.
-struct Summed(Arc<PerWorker<RequestFamilies>>);
-
-impl Collector for Summed {
-    fn desc(&self) -> Vec<&Desc> {
-        let first = self.0.all().next().expect("at least one copy");
-        first
-            .collectors()
-            .into_iter()
-            .flat_map(|c| c.desc())
-            .collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let mut copies = self
-            .0
-            .all()
-            .map(|f| f.collectors().into_iter().flat_map(|c| c.collect()));
-        let mut total: Vec<MetricFamily> = copies.next().expect("at least one copy").collect();
-        for copy in copies {
-            for (into, from) in total.iter_mut().zip(copy) {
-                add_family(into, from);
-            }
-        }
-        total
-    }
-}
-
-/// Adds `from`'s series to `into`'s (the same family from another worker).
-fn add_family(into: &mut MetricFamily, mut from: MetricFamily) {
-    debug_assert_eq!(into.name(), from.name());
-    let key = |m: &Metric| -> Vec<String> {
-        m.get_label().iter().map(|l| l.value().to_owned()).collect()
-    };
-    let mut at: HashMap<Vec<String>, usize> = into
-        .get_metric()
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (key(m), i))
-        .collect();
-    let kind = into.get_field_type();
-    for m in from.take_metric() {
-        match at.get(&key(&m)) {
-            Some(&i) => add_series(kind, &mut into.mut_metric()[i], &m),
-            None => {
-                at.insert(key(&m), into.get_metric().len());
-                into.mut_metric().push(m);
-            }
-        }
-    }
-}
-
-/// Adds one series' counts to another's with the same labels.
-fn add_series(kind: MetricType, into: &mut Metric, from: &Metric) {
-    match kind {
-        MetricType::COUNTER => {
-            let mut c = into.get_counter().clone();
-            c.set_value(c.get_value() + from.get_counter().get_value());
-            into.set_counter(c);
-        }
-        MetricType::HISTOGRAM => {
-            let (mut h, add) = (into.get_histogram().clone(), from.get_histogram());
-            h.set_sample_count(h.get_sample_count() + add.get_sample_count());
-            h.set_sample_sum(h.get_sample_sum() + add.get_sample_sum());
-            let mut buckets = h.get_bucket().to_vec();
-            for (b, a) in buckets.iter_mut().zip(add.get_bucket()) {
-                b.set_cumulative_count(b.cumulative_count() + a.cumulative_count());
-            }
-            h.set_bucket(buckets);
-            into.set_histogram(h);
-        }
-        _ => unreachable!("only counters and histograms are written per worker"),
-    }
-}
-
 impl Metrics {
     /// Creates and registers every metric in a fresh registry, with one copy of the
     /// request-path families per worker thread (up to [`MAX_COPIES`]).
     pub fn new(workers: usize) -> Self {
         let r = Registry::new();
-        let copies = workers.min(MAX_COPIES);
-        let per_request = Arc::new(PerWorker::new(copies, RequestFamilies::new));
-        r.register(Box::new(Summed(per_request.clone())))
-            .expect("metric registered once");
+        let copies = workers.clamp(1, MAX_COPIES);
+        let served = Arc::new(Served::default());
+        let unrouted = Arc::new(RouteMetrics::unrouted(copies));
         Metrics {
-            per_request,
+            copies,
+            served,
+            unrouted,
+            remembered_routes: Mutex::default(),
             routes: gauge(&r, "fallthrough_routes", "Routes being served."),
             routes_rejected: gauge(
                 &r,
@@ -264,6 +178,7 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("metric registered once");
                 g
             },
+            tls_shown: Mutex::default(),
             tls_handshake_errors: counter(
                 &r,
                 "fallthrough_tls_handshake_errors_total",
@@ -321,76 +236,66 @@ impl Metrics {
     /// The remembered-fallback series of one route with `rememberFallbacks`.
     pub fn remembered(&self, route: &Route) -> RememberedMetrics {
         let labels = [route.namespace.as_str(), route.name.as_str()];
+        lock(&self.remembered_routes).insert((labels[0].to_string(), labels[1].to_string()));
         RememberedMetrics {
             paths: self.remembered_paths.with_label_values(&labels),
-            evictions: ["expired", "capacity", "forgotten"].map(|reason| {
+            evictions: EVICTION_REASONS.map(|reason| {
                 self.remembered_evictions
                     .with_label_values(&[labels[0], labels[1], reason])
             }),
         }
     }
 
-    /// Pre-resolved handles for one route, so the request path does no label lookups
-    /// for the fixed label sets.
-    pub fn route(&self, route: &Route) -> RouteMetrics {
-        let (ns, name) = (route.namespace.as_str(), route.name.as_str());
-        let services = [route.primary.name.clone(), route.fallback.name.clone()];
-        let series = self.per_request.map(|f| {
-            let upstream = |b: Answerer| {
-                f.upstream_duration
-                    .with_label_values(&[ns, name, b.as_str()])
-            };
-            let common = |b: Answerer| {
-                COMMON_CODES.map(|code| {
-                    f.requests.with_label_values(&[
-                        ns,
-                        name,
-                        b.as_str(),
-                        &services[slot(b)],
-                        &code.to_string(),
-                    ])
-                })
-            };
-            RouteSeries {
-                common: [common(Answerer::Primary), common(Answerer::Fallback)],
-                upstream_duration: [upstream(Answerer::Primary), upstream(Answerer::Fallback)],
-                request_duration: f.request_duration.with_label_values(&[ns, name]),
-                fallback_status: f.fallbacks.with_label_values(&[ns, name, "status"]),
-                fallback_error: f.fallbacks.with_label_values(&[ns, name, "error"]),
-                skipped_body_too_large: f.fallbacks_skipped.with_label_values(&[
-                    ns,
-                    name,
-                    "body_too_large",
-                ]),
-                skipped_budget: f
-                    .fallbacks_skipped
-                    .with_label_values(&[ns, name, "replay_budget"]),
-                // Only for routes that can take these ways: no idle series elsewhere.
-                fallback_remembered: route
-                    .remember
-                    .map(|_| f.fallbacks.with_label_values(&[ns, name, "remembered"])),
-                fallback_skip_primary: route
-                    .cut_over
-                    .iter()
-                    .any(|(_, rule)| *rule == crate::routes::CutOver::SkipPrimary)
-                    .then(|| f.fallbacks.with_label_values(&[ns, name, "skip_primary"])),
+    /// The series of the routes of a table about to serve, in its order. A route that
+    /// was served already keeps its series and counts (only series whose labels its spec
+    /// changed go, see [`RouteMetrics`]); a route that is no longer served leaves
+    /// `/metrics` now, remembered-paths series included. Requests still in flight on the
+    /// old table write into its copies, which nothing exports any more.
+    pub fn serve(&self, routes: &[Route]) -> Vec<Arc<RouteMetrics>> {
+        let mut served = lock(&self.served);
+        let mut next: HashMap<String, Arc<RouteMetrics>> = HashMap::with_capacity(routes.len());
+        let handles = routes
+            .iter()
+            .map(|route| {
+                let key = route.key();
+                let kept = next.get(&key).cloned().or_else(|| served.remove(&key));
+                let metrics = match kept {
+                    Some(m) => {
+                        m.reshape(route);
+                        m
+                    }
+                    None => Arc::new(RouteMetrics::new(route, self.copies)),
+                };
+                next.insert(key, metrics.clone());
+                metrics
+            })
+            .collect();
+        *served = next;
+        drop(served);
+        let remembering: HashSet<(&str, &str)> = routes
+            .iter()
+            .filter(|r| r.remember.is_some())
+            .map(|r| (r.namespace.as_str(), r.name.as_str()))
+            .collect();
+        lock(&self.remembered_routes).retain(|(ns, name)| {
+            let keep = remembering.contains(&(ns.as_str(), name.as_str()));
+            if !keep {
+                // Absent label sets are not an error worth reporting here.
+                let _ = self.remembered_paths.remove_label_values(&[ns, name]);
+                for reason in EVICTION_REASONS {
+                    let _ = self
+                        .remembered_evictions
+                        .remove_label_values(&[ns, name, reason]);
+                }
             }
+            keep
         });
-        RouteMetrics {
-            series,
-            families: self.per_request.clone(),
-            labels: [ns.to_string(), name.to_string()],
-            services,
-        }
+        handles
     }
 
     /// Counts a response fallthrough produced with no route to charge it to.
     pub fn unrouted_response(&self, code: &str) {
-        self.per_request
-            .local()
-            .requests
-            .with_label_values(&["", "", SELF_BACKEND, "", code])
-            .inc();
+        self.unrouted.own_response(code);
     }
 
     /// Records the outcome of a route reload.
@@ -406,16 +311,25 @@ impl Metrics {
         self.routes_rejected.set(rejected as i64);
     }
 
-    /// Forgets every certificate's expiry before a new set is published.
-    pub fn certificates_replaced(&self) {
-        self.tls_expiry.reset();
-    }
-
-    /// A served certificate and when it expires.
-    pub fn certificate_expiry(&self, namespace: &str, secret: &str, not_after: i64) {
-        self.tls_expiry
-            .with_label_values(&[namespace, secret])
-            .set(not_after as f64);
+    /// The certificates now served, as (namespace, Secret or file, expiry in unix
+    /// seconds): their expiry series are set, and those of certificates no longer
+    /// served are removed (never all at once: a scrape meanwhile still sees the rest).
+    pub fn certificates_served<'a>(
+        &self,
+        certs: impl IntoIterator<Item = (&'a str, &'a str, i64)>,
+    ) {
+        let mut shown = lock(&self.tls_shown);
+        let mut next = HashSet::new();
+        for (namespace, secret, not_after) in certs {
+            self.tls_expiry
+                .with_label_values(&[namespace, secret])
+                .set(not_after as f64);
+            next.insert((namespace.to_string(), secret.to_string()));
+        }
+        for (namespace, secret) in shown.difference(&next) {
+            let _ = self.tls_expiry.remove_label_values(&[namespace, secret]);
+        }
+        *shown = next;
     }
 
     /// The counter of access log lines dropped, for the access log's writer.
@@ -439,134 +353,21 @@ impl Metrics {
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("encoding to a Vec cannot fail");
+        // Not held while writing: a publish waits for a copy of the list, no more.
+        let mut served: Vec<Arc<RouteMetrics>> = lock(&self.served).values().cloned().collect();
+        served.sort_by(|a, b| a.key().cmp(&b.key()));
+        let mut families = Families::default();
+        self.unrouted.export(&mut families);
+        for route in served {
+            route.export(&mut families);
+        }
+        families.write(&mut out);
         out
     }
 }
 
-/// Statuses whose response counters are resolved up front (nearly all of this
-/// product's traffic); their series exist from the start, at 0, so `rate()` works at once.
-const COMMON_CODES: [u16; 2] = [200, 404];
-
-/// Metric handles for one route.
-pub struct RouteMetrics {
-    /// The route's fixed series, in each worker's copy of the families.
-    series: PerWorker<RouteSeries>,
-    /// For the rare label sets (other status codes, error kinds).
-    families: Arc<PerWorker<RequestFamilies>>,
-    labels: [String; 2],
-    services: [String; 2],
-}
-
-/// A route's fixed series in one worker's copy of the families.
-struct RouteSeries {
-    /// `requests_total` per backend (primary, fallback) for [`COMMON_CODES`].
-    common: [[IntCounter; COMMON_CODES.len()]; 2],
-    upstream_duration: [Histogram; 2],
-    request_duration: Histogram,
-    fallback_status: IntCounter,
-    fallback_error: IntCounter,
-    skipped_body_too_large: IntCounter,
-    skipped_budget: IntCounter,
-    fallback_remembered: Option<IntCounter>,
-    fallback_skip_primary: Option<IntCounter>,
-}
-
-fn slot(b: Answerer) -> usize {
-    match b {
-        Answerer::Primary => 0,
-        Answerer::Fallback => 1,
-    }
-}
-
-impl RouteMetrics {
-    /// A response from `backend` reached the client with status `code`.
-    pub fn response(&self, backend: Answerer, code: http::StatusCode) {
-        if let Some(i) = COMMON_CODES.iter().position(|c| *c == code.as_u16()) {
-            self.series.local().common[slot(backend)][i].inc();
-            return;
-        }
-        let code = code.as_str();
-        let [ns, name] = &self.labels;
-        self.families
-            .local()
-            .requests
-            .with_label_values(&[
-                ns,
-                name,
-                backend.as_str(),
-                &self.services[slot(backend)],
-                code,
-            ])
-            .inc();
-    }
-
-    /// fallthrough answered the client itself (an upstream error).
-    pub fn own_response(&self, code: &str) {
-        let [ns, name] = &self.labels;
-        self.families
-            .local()
-            .requests
-            .with_label_values(&[ns, name, SELF_BACKEND, "", code])
-            .inc();
-    }
-
-    /// One upstream attempt took `elapsed` to produce a response head (or fail).
-    pub fn upstream_attempt(&self, backend: Answerer, elapsed: Duration) {
-        self.series.local().upstream_duration[slot(backend)].observe(elapsed.as_secs_f64());
-    }
-
-    /// An upstream attempt failed.
-    pub fn upstream_error(&self, backend: Answerer, kind: &str) {
-        let [ns, name] = &self.labels;
-        self.families
-            .local()
-            .upstream_errors
-            .with_label_values(&[ns, name, backend.as_str(), kind])
-            .inc();
-    }
-
-    /// The request went on to the fallback because of the primary's status.
-    pub fn fallback_on_status(&self) {
-        self.series.local().fallback_status.inc();
-    }
-
-    /// The request went on to the fallback because the primary was unreachable.
-    pub fn fallback_on_error(&self) {
-        self.series.local().fallback_error.inc();
-    }
-
-    /// The request went straight to the fallback: its path was remembered.
-    pub fn fallback_remembered(&self) {
-        if let Some(c) = &self.series.local().fallback_remembered {
-            c.inc();
-        }
-    }
-
-    /// The request went straight to the fallback: a `skipPrimary` prefix.
-    pub fn fallback_skip_primary(&self) {
-        if let Some(c) = &self.series.local().fallback_skip_primary {
-            c.inc();
-        }
-    }
-
-    /// The request would have gone on, but its body was over `maxReplayBytes`.
-    pub fn fallback_skipped_body_too_large(&self) {
-        self.series.local().skipped_body_too_large.inc();
-    }
-
-    /// The request would have gone on, but the replay budget was spent when it came.
-    pub fn fallback_skipped_replay_budget(&self) {
-        self.series.local().skipped_budget.inc();
-    }
-
-    /// Starts timing a whole request; the time is recorded when the timer is dropped.
-    pub fn request_timer(&self, started: Instant) -> RequestTimer {
-        RequestTimer {
-            started,
-            histogram: self.series.local().request_duration.clone(),
-        }
-    }
-}
+/// Why a remembered path was dropped, in [`RememberedMetrics::evicted`]'s order.
+const EVICTION_REASONS: [&str; 3] = ["expired", "capacity", "forgotten"];
 
 /// One route's remembered-paths gauge and eviction counters.
 pub struct RememberedMetrics {
@@ -592,24 +393,12 @@ impl RememberedMetrics {
     }
 }
 
-/// Observes a whole request's duration once, on drop (after the last byte of the
-/// response was written, or when the client went away). Holds its series, so a reload
-/// during a long download still records into the right one.
-pub struct RequestTimer {
-    started: Instant,
-    histogram: Histogram,
-}
-
-impl Drop for RequestTimer {
-    fn drop(&mut self) {
-        self.histogram.observe(self.started.elapsed().as_secs_f64());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::routes::tests::mk_route;
+    use crate::routes::Answerer;
+    use std::time::{Duration, Instant};
 
     /// The value of the one line starting with `series ` in the text format.
     fn value(text: &str, series: &str) -> f64 {
@@ -625,7 +414,7 @@ mod tests {
     fn a_scrape_sums_what_each_worker_counted() {
         // Two copies for three workers: the third shares the first's copy.
         let metrics = Metrics::new(2);
-        let shop = metrics.route(&mk_route("shop", &[], &["/"]));
+        let shop = metrics.serve(&[mk_route("shop", &[], &["/"])]).remove(0);
         std::thread::scope(|s| {
             for (worker, hits) in [(0, 3), (1, 2), (2, 1)] {
                 let shop = &shop;
@@ -705,5 +494,136 @@ mod tests {
             &format!(r#"fallthrough_upstream_duration_seconds_sum{{backend="primary",{labels}}}"#),
         );
         assert!((sum - 0.012).abs() < 1e-9, "sum {sum}");
+    }
+
+    /// Every series line (not `#` lines) naming `route="NAME"`.
+    fn lines_of(text: &str, route: &str) -> Vec<String> {
+        let needle = format!(r#"route="{route}""#);
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn scrape(metrics: &Metrics) -> String {
+        String::from_utf8(metrics.encode()).unwrap()
+    }
+
+    #[test]
+    fn a_removed_route_leaves_metrics_and_late_writes_do_not_bring_it_back() {
+        let metrics = Metrics::new(2);
+        let mut remembering = mk_route("old", &["old.test"], &["/"]);
+        remembering.remember = Some(crate::routes::Remember {
+            ttl: Duration::from_secs(60),
+            max_paths: 10,
+        });
+        let kept = mk_route("kept", &["kept.test"], &["/"]);
+        let remembered = metrics.remembered(&remembering);
+        let handles = metrics.serve(&[kept.clone(), remembering]);
+        let (kept_m, old) = (&handles[0], &handles[1]);
+        kept_m.response(Answerer::Primary, http::StatusCode::OK);
+        kept_m.response(Answerer::Fallback, http::StatusCode::BAD_GATEWAY);
+        kept_m.fallback_on_status();
+        drop(kept_m.request_timer(Instant::now()));
+        old.response(Answerer::Primary, http::StatusCode::OK);
+        old.upstream_error(Answerer::Primary, "connect");
+        remembered.set_len(3);
+        remembered.evicted("expired");
+        metrics.unrouted_response("404");
+        let before = scrape(&metrics);
+        assert!(!lines_of(&before, "old").is_empty());
+        assert!(before.contains(r#"fallthrough_remembered_paths{namespace="web",route="old"} 3"#));
+
+        let again = metrics.serve(std::slice::from_ref(&kept));
+        assert!(
+            Arc::ptr_eq(&again[0], kept_m),
+            "a kept route keeps its series"
+        );
+        // Requests in flight on the old table finish after the reload, some with rare
+        // label sets that a metric vector would create anew.
+        old.response(Answerer::Fallback, http::StatusCode::SERVICE_UNAVAILABLE);
+        old.own_response("502");
+        old.upstream_error(Answerer::Fallback, "timeout");
+        old.upstream_attempt(Answerer::Primary, Duration::from_millis(1));
+        drop(old.request_timer(Instant::now()));
+        remembered.set_len(4);
+        remembered.evicted("capacity");
+
+        let after = scrape(&metrics);
+        assert_eq!(lines_of(&after, "old"), Vec::<String>::new(), "{after}");
+        assert_eq!(
+            lines_of(&after, "kept"),
+            lines_of(&before, "kept"),
+            "the kept route's series are untouched"
+        );
+        assert_eq!(
+            value(
+                &after,
+                r#"fallthrough_requests_total{backend="fallthrough",code="404",namespace="",route="",service=""}"#
+            ),
+            1.0,
+            "the unrouted series stay"
+        );
+    }
+
+    #[test]
+    fn a_changed_service_label_starts_afresh_and_the_rest_is_kept() {
+        let metrics = Metrics::new(1);
+        let route = mk_route("shop", &["shop.test"], &["/"]);
+        let m = metrics.serve(std::slice::from_ref(&route)).remove(0);
+        m.response(Answerer::Primary, http::StatusCode::OK);
+        m.response(Answerer::Primary, http::StatusCode::FOUND);
+        m.response(Answerer::Fallback, http::StatusCode::OK);
+        m.fallback_on_status();
+        let mut moved = route.clone();
+        moved.primary.name = "web/php-v2:80".into();
+        let again = metrics.serve(&[moved]).remove(0);
+        assert!(Arc::ptr_eq(&again, &m));
+        let text = scrape(&metrics);
+        let shop = lines_of(&text, "shop");
+        assert!(
+            !shop.iter().any(|l| l.contains(r#"service="127.0.0.1:1""#)),
+            "old-label series go: {shop:#?}"
+        );
+        let labels = r#"namespace="web",route="shop""#;
+        for (series, expected) in [
+            (
+                format!(
+                    r#"fallthrough_requests_total{{backend="primary",code="200",{labels},service="web/php-v2:80"}}"#
+                ),
+                0.0,
+            ),
+            (
+                format!(
+                    r#"fallthrough_requests_total{{backend="fallback",code="200",{labels},service="127.0.0.1:2"}}"#
+                ),
+                1.0,
+            ),
+            (
+                r#"fallthrough_fallbacks_total{namespace="web",reason="status",route="shop"}"#
+                    .to_string(),
+                1.0,
+            ),
+        ] {
+            assert_eq!(value(&text, &series), expected, "{series}");
+        }
+    }
+
+    #[test]
+    fn certificates_no_longer_served_lose_their_expiry() {
+        let metrics = Metrics::new(1);
+        metrics.certificates_served([("web", "a", 100), ("web", "b", 200)]);
+        metrics.certificates_served([("web", "b", 300)]);
+        let text = scrape(&metrics);
+        let expiry: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("fallthrough_tls_certificate_expiry_timestamp_seconds{"))
+            .collect();
+        assert_eq!(
+            expiry,
+            [
+                r#"fallthrough_tls_certificate_expiry_timestamp_seconds{namespace="web",secret="b"} 300"#
+            ]
+        );
     }
 }

@@ -294,22 +294,23 @@ fn publish_certs(
     default: Option<&DefaultCert>,
 ) {
     let mut store = crate::tls::CertStore::default();
-    metrics.certificates_replaced();
+    let mut served: Vec<(&str, String, i64)> = Vec::new();
     for rc in &loaded.certs {
         store.add(&rc.hosts, &rc.cert);
         let name = rc.cert_file.display().to_string();
-        metrics.certificate_expiry(&rc.namespace, &name, rc.cert.not_after);
+        served.push((&rc.namespace, name, rc.cert.not_after));
     }
     if let Some(default) = default {
         match default.read() {
             Ok(cert) => {
                 let name = default.cert_file.display().to_string();
-                metrics.certificate_expiry("", &name, cert.not_after);
+                served.push(("", name, cert.not_after));
                 store.set_default(&cert);
             }
             Err(err) => tracing::error!("the default certificate is not served: {err}"),
         }
     }
+    metrics.certificates_served(served.iter().map(|(ns, name, t)| (*ns, name.as_str(), *t)));
     proxy.publish_certs(store);
 }
 

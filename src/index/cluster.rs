@@ -7,6 +7,7 @@
 //! `ResolvedRefs`, `Programmed`). Building is a pure function of the index.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use http::uri::Authority;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -104,8 +105,9 @@ pub struct DesiredStatus {
     pub generation: Option<i64>,
     /// `Accepted`, `ResolvedRefs`, `Programmed`, in that order.
     pub conditions: Vec<DesiredCondition>,
-    /// The object as last seen, to compare with and to attach Events to.
-    pub observed: Option<Observed>,
+    /// The object as last seen, to compare with and to attach Events to; shared with the
+    /// index, not copied per build.
+    pub observed: Option<Arc<Observed>>,
 }
 
 /// A TLS Secret as last seen: its certificate if it ever parsed, and what is wrong now.
@@ -147,21 +149,21 @@ pub struct ClusterIndex {
     options: IndexOptions,
     routes: BTreeMap<ObjKey, RouteObj>,
     /// Kept apart from `routes`: a status write must not look like a route change.
-    observed: HashMap<ObjKey, Observed>,
+    observed: HashMap<ObjKey, Arc<Observed>>,
     services: HashMap<ObjKey, Vec<SvcPort>>,
     slices: HashMap<ObjKey, Slice>,
     secrets: HashMap<ObjKey, SecretCert>,
 }
 
-fn observed(route: &FallbackRoute) -> Observed {
-    Observed {
+fn observed(route: &FallbackRoute) -> Arc<Observed> {
+    Arc::new(Observed {
         reference: route.object_ref(&()),
         conditions: route
             .status
             .as_ref()
             .map(|s| s.conditions.clone())
             .unwrap_or_default(),
-    }
+    })
 }
 
 fn route_obj(route: &FallbackRoute) -> RouteObj {

@@ -221,10 +221,13 @@ impl Proxy {
             .flat_map(|p| p.0.table.routes().iter().zip(&p.0.runtimes))
             .map(|(route, rt)| (route.key(), (route, rt)))
             .collect();
+        // Kept routes keep their series; removed routes' series leave `/metrics` here.
+        let metrics = self.metrics.serve(table.routes());
         let runtimes = table
             .routes()
             .iter()
-            .map(|route| {
+            .zip(metrics)
+            .map(|(route, metrics)| {
                 let before = kept.get(&route.key());
                 let remembered = route.remember.map(|remember| {
                     match before.and_then(|(old, rt)| {
@@ -239,7 +242,7 @@ impl Proxy {
                 });
                 RouteRuntime {
                     key: Arc::from(format!("{}/{}", route.namespace, route.name)),
-                    metrics: Arc::new(self.metrics.route(route)),
+                    metrics,
                     remembered,
                     record: self.insight.route(&route.key()),
                     turns: self.snapshot.map(|_| Default::default()),
@@ -252,6 +255,14 @@ impl Proxy {
         for copy in self.snapshot.all() {
             copy.store(Arc::new(CacheLine(snapshot.clone())));
         }
+    }
+
+    /// Whether the table now serving has exactly these routes.
+    pub fn serves(&self, routes: &[crate::routes::Route]) -> bool {
+        self.snapshot
+            .all()
+            .next()
+            .is_some_and(|copy| copy.load().0.table.routes() == routes)
     }
 
     /// Handles one client request; never fails, errors become responses. HTTP/1.x

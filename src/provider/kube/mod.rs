@@ -27,10 +27,9 @@ use tokio::sync::{watch, Notify};
 
 use crate::admin::Readiness;
 use crate::api::FallbackRoute;
-use crate::index::cluster::{ClusterIndex, DesiredStatus, IndexOptions};
+use crate::index::cluster::{ClusterIndex, IndexOptions};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::routes::Route;
 
 /// Controller settings beyond the index's.
 #[derive(Clone, Debug)]
@@ -190,7 +189,7 @@ pub async fn run(
     tokio::spawn(watch_kind(api::<Secret>(&client, ns), shared.clone()));
 
     let (leader_tx, leader_rx) = watch::channel(false);
-    let (status_tx, status_rx) = watch::channel(Vec::new());
+    let (status_tx, status_rx) = watch::channel(status::Statuses::default());
     tokio::spawn(leader::elect(client.clone(), options.clone(), leader_tx));
     if let Some(traffic) = options.traffic.clone() {
         tokio::spawn(traffic::run(
@@ -210,8 +209,19 @@ pub async fn run(
     build_loop(shared, proxy, metrics, readiness, status_tx).await;
 }
 
+/// Drops what the index never reads and the API server sends with every object: the
+/// field managers' records and `kubectl apply`'s copy of the whole object. Done as each
+/// object arrives, so an initial list of 10,000 routes is held without them.
+pub fn slim<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 async fn watch_kind<K: Indexed>(api: Api<K>, shared: Arc<Shared>) {
-    let mut events = watcher(api).default_backoff().boxed();
+    let mut events = watcher(api).default_backoff().modify(slim::<K>).boxed();
     let mut initial = Vec::new();
     while let Some(event) = events.next().await {
         let changed = match event {
@@ -256,11 +266,10 @@ fn watcher<K: Indexed>(api: Api<K>) -> impl futures_util::Stream<Item = watcher:
 /// Swaps in the certificates of a build; open connections keep theirs.
 fn publish_certs(proxy: &Proxy, metrics: &Metrics, built: &crate::index::cluster::Built) {
     let mut store = crate::tls::CertStore::default();
-    metrics.certificates_replaced();
-    for hc in built.certs.iter().chain(&built.default_cert) {
+    metrics.certificates_served(built.certs.iter().chain(&built.default_cert).map(|hc| {
         let (ns, name) = hc.secret.split_once('/').unwrap_or(("", &hc.secret));
-        metrics.certificate_expiry(ns, name, hc.cert.not_after);
-    }
+        (ns, name, hc.cert.not_after)
+    }));
     for hc in &built.certs {
         store.add(&hc.hosts, &hc.cert);
     }
@@ -275,9 +284,9 @@ async fn build_loop(
     proxy: Arc<Proxy>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
-    status_tx: watch::Sender<Vec<DesiredStatus>>,
+    status_tx: watch::Sender<status::Statuses>,
 ) {
-    let mut serving: Option<Vec<Route>> = None;
+    let mut first = true;
     loop {
         shared.changed.notified().await;
         if !shared.all_synced() {
@@ -292,19 +301,19 @@ async fn build_loop(
         };
         publish_certs(&proxy, &metrics, &built);
         let routes = built.table.routes();
-        if serving.as_deref() != Some(routes) {
+        // Compared with what the proxy serves, not with a copy of it kept here.
+        if first || !proxy.serves(routes) {
             tracing::info!(
                 routes = routes.len(),
                 rejected = built.rejected,
                 "routing table updated"
             );
-            let routes = routes.to_vec();
             metrics.table_published(routes.len(), built.rejected);
             metrics.reloaded(true);
             proxy.publish(std::mem::take(&mut built.table));
-            serving = Some(routes);
+            first = false;
         }
         readiness.set_loaded();
-        status_tx.send_replace(built.statuses);
+        status_tx.send_replace(Arc::new(built.statuses));
     }
 }

@@ -5,6 +5,8 @@
 //! object shows), and a Warning Event when a route is newly rejected or loses a backend.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -13,25 +15,82 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::api::FallbackRoute;
 use crate::index::cluster::{DesiredCondition, DesiredStatus, ObjKey};
 
 /// Name of this controller in Events and as field manager.
 const CONTROLLER: &str = "fallthrough";
-/// Status patches in flight at once.
+/// Status patches in flight at once. A write costs the API server far more than it
+/// costs us (admission, managedFields, an etcd commit, a watch event per watcher): in
+/// `bench/controller` 64 at once wrote no faster than 16, so more would only queue in
+/// the API server's priority and fairness, ahead of other clients.
 const CONCURRENT_WRITES: usize = 16;
+/// Tries of one write in a round before it waits for the next round.
+const ATTEMPTS: u32 = 4;
+/// The pause after a failed write that did not say how long to wait; doubles per try.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest pause, whatever a `Retry-After` asks.
+const MAX_PAUSE: Duration = Duration::from_secs(30);
 /// Re-check every route this often, to repair writes that failed.
 const RESYNC: Duration = Duration::from_secs(30);
 
-/// What this writer last wrote per route: skips rewriting before the watch echoes it.
-type Written = HashMap<ObjKey, (Option<i64>, Vec<DesiredCondition>)>;
+/// The statuses a build wants, shared by the status writers without copies.
+pub type Statuses = Arc<Vec<DesiredStatus>>;
+
+/// What this writer last wrote per route (a fingerprint of the generation and
+/// conditions): skips rewriting before the watch echoes it.
+type Written = HashMap<ObjKey, u64>;
+
+fn fingerprint(desired: &DesiredStatus) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    desired.generation.hash(&mut h);
+    for c in &desired.conditions {
+        (c.type_, c.status, c.reason, &c.message).hash(&mut h);
+    }
+    h.finish()
+}
+
+/// When the next write may go: every writer of a round waits for it, so one 429 (or
+/// failure) slows all of them down instead of each retrying at once.
+#[derive(Default)]
+struct Pacer(Mutex<Option<Instant>>);
+
+impl Pacer {
+    async fn ready(&self) {
+        let until = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    fn pause(&self, wait: Duration) {
+        let until = Instant::now() + wait.min(MAX_PAUSE);
+        let mut at = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *at = Some(at.map_or(until, |t| t.max(until)));
+    }
+}
+
+/// How long the API server asked us to wait: a 429's `retryAfterSeconds` (what priority
+/// and fairness sends with its `Retry-After`), or `None` for an error that did not say.
+fn retry_after(err: &kube::Error) -> Option<Duration> {
+    match err {
+        kube::Error::Api(status) if status.code == 429 => Some(Duration::from_secs(
+            status
+                .details
+                .as_ref()
+                .map_or(1, |d| u64::from(d.retry_after_seconds.max(1))),
+        )),
+        _ => None,
+    }
+}
 
 /// Writes statuses while this replica leads, for the life of the process.
 pub async fn write(
     client: Client,
     identity: String,
-    mut statuses: watch::Receiver<Vec<DesiredStatus>>,
+    mut statuses: watch::Receiver<Statuses>,
     mut leader: watch::Receiver<bool>,
 ) {
     let recorder = Recorder::new(
@@ -47,6 +106,7 @@ pub async fn write(
         ..PatchParams::default()
     };
     let mut written = Written::new();
+    let pacer = Pacer::default();
     loop {
         tokio::select! {
             changed = statuses.changed() => if changed.is_err() { return },
@@ -62,36 +122,66 @@ pub async fn write(
         if !*leader.borrow() {
             continue;
         }
-        let todo: Vec<DesiredStatus> = statuses
-            .borrow()
-            .iter()
-            .filter(|d| needs_write(d, &written))
-            .cloned()
+        let current = statuses.borrow().clone();
+        let todo: Vec<usize> = (0..current.len())
+            .filter(|&i| needs_write(&current[i], &written))
             .collect();
-        let done: Vec<Option<DesiredStatus>> = futures_util::stream::iter(todo)
-            .map(|desired| {
-                let (client, recorder, params) = (client.clone(), &recorder, &params);
+        let done: Vec<Option<&DesiredStatus>> = futures_util::stream::iter(todo)
+            .map(|i| {
+                let (client, recorder, params, pacer) = (&client, &recorder, &params, &pacer);
+                let desired = &current[i];
                 async move {
-                    match patch(&client, recorder, params, &desired).await {
-                        Ok(()) => Some(desired),
-                        Err(err) => {
-                            tracing::warn!(route = %desired.key, error = %err, "writing route status failed; will retry");
-                            None
-                        }
-                    }
+                    write_one(client, recorder, params, pacer, desired)
+                        .await
+                        .then_some(desired)
                 }
             })
             .buffer_unordered(CONCURRENT_WRITES)
             .collect()
             .await;
         for d in done.into_iter().flatten() {
-            written.insert(d.key, (d.generation, d.conditions));
+            written.insert(d.key.clone(), fingerprint(d));
         }
     }
 }
 
+/// One route's status, tried up to [`ATTEMPTS`] times at the pace the API server asks;
+/// whether it was written.
+async fn write_one(
+    client: &Client,
+    recorder: &Recorder,
+    params: &PatchParams,
+    pacer: &Pacer,
+    desired: &DesiredStatus,
+) -> bool {
+    let mut backoff = FIRST_BACKOFF;
+    for attempt in 1..=ATTEMPTS {
+        pacer.ready().await;
+        let err = match patch(client, recorder, params, desired).await {
+            Ok(()) => return true,
+            // Refused for what it is (not for load): the same write would be refused again.
+            Err(kube::Error::Api(status))
+                if (400..500).contains(&status.code) && status.code != 429 =>
+            {
+                tracing::warn!(route = %desired.key, error = %status, "the API server refused the route status");
+                return false;
+            }
+            Err(err) => err,
+        };
+        let wait = retry_after(&err).unwrap_or(backoff);
+        backoff *= 2;
+        pacer.pause(wait);
+        if attempt == ATTEMPTS {
+            tracing::warn!(route = %desired.key, error = %err, "writing route status failed; will retry");
+        } else {
+            tracing::debug!(route = %desired.key, error = %err, ?wait, "writing route status failed; retrying");
+        }
+    }
+    false
+}
+
 fn needs_write(desired: &DesiredStatus, written: &Written) -> bool {
-    if written.get(&desired.key) == Some(&(desired.generation, desired.conditions.clone())) {
+    if written.get(&desired.key) == Some(&fingerprint(desired)) {
         return false;
     }
     let Some(observed) = &desired.observed else {
@@ -213,9 +303,11 @@ mod tests {
                 want("Accepted", "False", "Conflicted"),
                 want("Programmed", "False", "NotAccepted"),
             ],
-            observed: observed.map(|conditions| Observed {
-                reference: Default::default(),
-                conditions,
+            observed: observed.map(|conditions| {
+                Arc::new(Observed {
+                    reference: Default::default(),
+                    conditions,
+                })
             }),
         }
     }

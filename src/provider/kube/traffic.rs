@@ -24,7 +24,7 @@ use tokio::sync::{watch, Mutex};
 use super::peers::{self, Peer, PeerError};
 use super::window::{self, PeerKey, RouteTotals, Totals, Window};
 use crate::api::{FallbackRoute, TrafficStatus};
-use crate::index::cluster::{DesiredStatus, ObjKey};
+use crate::index::cluster::ObjKey;
 use crate::insight::report::TrafficReport;
 
 /// Status writes a second, over all routes.
@@ -204,7 +204,7 @@ pub async fn run(
     options: TrafficOptions,
     identity: String,
     mut leader: watch::Receiver<bool>,
-    routes: watch::Receiver<Vec<DesiredStatus>>,
+    routes: watch::Receiver<super::status::Statuses>,
 ) {
     tracing::info!(service = %options.service, namespace = %options.namespace, interval = ?options.interval, "the Lease holder will sum the replicas' traffic into status.traffic");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &options.namespace);

@@ -262,13 +262,13 @@ pub struct Pending {
 impl Pending {
     /// An entry for a request whose head was read at `started`, to go to `log`.
     pub fn new(
-        entry: Entry,
+        entry: Box<Entry>,
         started: std::time::Instant,
         log: Arc<AccessLog>,
         received: Option<Arc<AtomicU64>>,
     ) -> Self {
         Pending {
-            entry: Box::new(entry),
+            entry,
             started,
             log,
             received,

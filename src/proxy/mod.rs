@@ -297,13 +297,76 @@ impl Proxy {
             }
             entry_of(&req, &fields, client, &request_id)
         });
-        let asked = Asked {
-            started,
-            client,
-            request_id: request_id.clone(),
-            trail: &trail,
+        // Routing and forwarding, inline: one async fn more around `forward` would copy
+        // its whole state once more per request.
+        //
+        // The path is normalised before routing (see [`path`]) and the normalised path
+        // is what the backend gets: a backend never sees a path that would route
+        // elsewhere.
+        let trail = &trail;
+        let mut resp = 'answer: {
+            let held = self.snapshot.local().load_full();
+            let snapshot = &held.0;
+            if req.method() == Method::CONNECT {
+                break 'answer self.refused(&ProxyError::ConnectMethod, trail);
+            }
+            let host = match request_host(&req, &fields) {
+                Ok(Some(host)) => host,
+                Ok(None) if req.version() >= Version::HTTP_11 => {
+                    break 'answer self.refused(&ProxyError::MissingHost, trail)
+                }
+                Ok(None) => "",
+                Err(err) => break 'answer self.refused(&err, trail),
+            };
+            // A clone shares the URI's bytes: the routed path outlives the request, which
+            // moves on upstream, for what the route remembers and records of it.
+            let uri = req.uri().clone();
+            let target = uri.path();
+            let routed = if target == "*" {
+                // OPTIONS *: the server itself, routed as its root.
+                std::borrow::Cow::Borrowed("/")
+            } else {
+                match path::normalize(target) {
+                    Ok(path) => path,
+                    Err(err) => break 'answer self.refused(&ProxyError::BadPath(err), trail),
+                }
+            };
+            let Some(idx) = snapshot.table.lookup(host, &routed) else {
+                break 'answer self.refused(&ProxyError::NoRoute, trail);
+            };
+            let route = snapshot.table.route(idx);
+            let rt = &snapshot.runtimes[idx];
+            trail.routed(&rt.key);
+            if route.redirect_to_https && conn.proto == "http" {
+                break 'answer https_redirect(&req, host);
+            }
+            let how = forward::How {
+                started,
+                limits: &self.limits,
+                budget: &self.budget,
+                path: &routed,
+                rewritten: matches!(routed, std::borrow::Cow::Owned(_)),
+                client,
+                request_id: request_id.clone(),
+                trail,
+            };
+            match forward::forward(route, rt, req, fields, conn, how).await {
+                // Timed by `forward` as it built the answer: mapping it here would copy it.
+                Ok(resp) => resp,
+                Err(err) => {
+                    tracing::warn!(
+                        route = %format_args!("{}/{}", route.namespace, route.name),
+                        error = %err,
+                        "request failed"
+                    );
+                    trail.failed(err.name());
+                    let resp = rescue(&err);
+                    rt.metrics.own_response(resp.status().as_str());
+                    rt.record.record("", None, false, started);
+                    resp.map(|b| b.timed(rt.metrics.request_timer(started)))
+                }
+            }
         };
-        let mut resp = self.answer(req, fields, conn, asked).await;
         // An upstream's echo of it went into the map (the codec saw to that): ours wins.
         if !resp.headers().is_empty() {
             resp.headers_mut().remove(&X_REQUEST_ID);
@@ -316,82 +379,6 @@ impl Proxy {
                 .log(Pending::new(entry, started, log.clone(), received));
         }
         resp
-    }
-
-    /// Routes the request and forwards it.
-    ///
-    /// The path is normalised before routing (see [`path`]) and the normalised path is
-    /// what the backend gets: a backend never sees a path that would route elsewhere.
-    async fn answer(
-        &self,
-        req: Request<Option<ClientRequestBody>>,
-        fields: RawFields,
-        conn: &ConnInfo,
-        asked: Asked<'_>,
-    ) -> Response<ClientBody> {
-        let started = asked.started;
-        let trail = asked.trail;
-        let held = self.snapshot.local().load_full();
-        let snapshot = &held.0;
-        if req.method() == Method::CONNECT {
-            return self.refused(&ProxyError::ConnectMethod, trail);
-        }
-        let host = match request_host(&req, &fields) {
-            Ok(Some(host)) => host,
-            Ok(None) if req.version() >= Version::HTTP_11 => {
-                return self.refused(&ProxyError::MissingHost, trail)
-            }
-            Ok(None) => "",
-            Err(err) => return self.refused(&err, trail),
-        };
-        // A clone shares the URI's bytes: the routed path outlives the request, which
-        // moves on upstream, for what the route remembers and records of it.
-        let uri = req.uri().clone();
-        let target = uri.path();
-        let routed = if target == "*" {
-            // OPTIONS *: the server itself, routed as its root.
-            std::borrow::Cow::Borrowed("/")
-        } else {
-            match path::normalize(target) {
-                Ok(path) => path,
-                Err(err) => return self.refused(&ProxyError::BadPath(err), trail),
-            }
-        };
-        let Some(idx) = snapshot.table.lookup(host, &routed) else {
-            return self.refused(&ProxyError::NoRoute, trail);
-        };
-        let route = snapshot.table.route(idx);
-        let rt = &snapshot.runtimes[idx];
-        trail.routed(&rt.key);
-        if route.redirect_to_https && conn.proto == "http" {
-            return https_redirect(&req, host);
-        }
-        let how = forward::How {
-            started,
-            limits: &self.limits,
-            budget: &self.budget,
-            path: &routed,
-            rewritten: matches!(routed, std::borrow::Cow::Owned(_)),
-            client: asked.client,
-            request_id: asked.request_id,
-            trail,
-        };
-        match forward::forward(route, rt, req, fields, conn, how).await {
-            // Timed by `forward` as it built the answer: mapping it here would copy it.
-            Ok(resp) => resp,
-            Err(err) => {
-                tracing::warn!(
-                    route = %format_args!("{}/{}", route.namespace, route.name),
-                    error = %err,
-                    "request failed"
-                );
-                trail.failed(err.name());
-                let resp = rescue(&err);
-                rt.metrics.own_response(resp.status().as_str());
-                rt.record.record("", None, false, started);
-                resp.map(|b| b.timed(rt.metrics.request_timer(started)))
-            }
-        }
     }
 
     /// Swaps in new certificates; open connections keep theirs.
@@ -458,29 +445,21 @@ impl Proxy {
     }
 }
 
-/// What [`Proxy::handle`] learnt of a request before routing it.
-struct Asked<'t> {
-    started: Instant,
-    /// The client it speaks for.
-    client: std::net::IpAddr,
-    request_id: HeaderValue,
-    trail: &'t Trail,
-}
-
 /// The access log's entry for a request, before it is answered.
 fn entry_of(
     req: &Request<Option<ClientRequestBody>>,
     fields: &RawFields,
     client: std::net::IpAddr,
     request_id: &HeaderValue,
-) -> Entry {
+) -> Box<Entry> {
     let header = |name: http::header::HeaderName| {
         req.headers()
             .get(&name)
             .cloned()
             .or_else(|| fields.get(name.as_str().as_bytes()))
     };
-    Entry {
+    // Boxed: the request's future holds it across every await, and is copied whole.
+    Box::new(Entry {
         time: std::time::SystemTime::now(),
         client,
         method: req.method().clone(),
@@ -501,7 +480,7 @@ fn entry_of(
         fallback_skipped: None,
         error: None,
         request_id: request_id.clone(),
-    }
+    })
 }
 
 /// 308 to the same URL over https (port 443: the Service in front maps it).

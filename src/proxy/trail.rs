@@ -14,7 +14,8 @@ use crate::routes::{Answerer, Endpoint};
 /// One request's notes. A lock rather than a `Cell`: the request's future must be
 /// `Send`; nothing else ever takes it, so it is never contended.
 pub struct Trail {
-    notes: Option<Mutex<Notes>>,
+    /// Boxed: the request's future holds it across every await, and is copied whole.
+    notes: Option<Box<Mutex<Notes>>>,
 }
 
 #[derive(Default)]
@@ -33,7 +34,7 @@ impl Trail {
     /// A trail that keeps notes when `on` (the access log is on), or ignores them.
     pub fn new(on: bool) -> Self {
         Trail {
-            notes: on.then(Mutex::default),
+            notes: on.then(Box::default),
         }
     }
 

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use http::Request;
 use http_body_util::Full;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use support::{send, Fallthrough};
 
@@ -151,6 +151,39 @@ async fn statuses_written(api: &Api<FallbackRoute>, expected: usize, since: Inst
     }
 }
 
+/// The API server's own floor for the controller's status writes: 10,000 merge patches
+/// sent by this bench with the controller's concurrency (16), while the controller
+/// watches. An annotation, not the status, so the controller has nothing to rewrite; the
+/// API server does the same work for either (read, patch, admission, etcd, watch event).
+async fn patch_floor(api: &Api<FallbackRoute>, total: usize) -> f64 {
+    let started = Instant::now();
+    futures_util::stream::iter(0..total)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let body = serde_json::json!({
+                    "metadata": { "annotations": { "bench.fallthrough.dev/floor": "1" } }
+                });
+                api.patch(
+                    &format!("r{i}"),
+                    &PatchParams::default(),
+                    &Patch::Merge(&body),
+                )
+                .await
+                .unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .enumerate()
+        .for_each(|(n, ())| async move {
+            if (n + 1) % 2000 == 0 {
+                eprintln!("bench: floor: {} patches", n + 1);
+            }
+        })
+        .await;
+    started.elapsed().as_secs_f64()
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx]
@@ -245,6 +278,11 @@ async fn controller_figures() {
                 "| RSS after, 10,000 routes | {} MiB (peak {} MiB) |",
                 rss_kib(ft.pid(), "VmRSS:") / 1024,
                 rss_kib(ft.pid(), "VmHWM:") / 1024
+            ));
+            eprintln!("bench: the API server's floor for 10,000 patches");
+            rows.push(format!(
+                "| floor: 10,000 merge patches sent by the bench, 16 in flight | {:.1} s |",
+                patch_floor(&api, total).await
             ));
         }
     }

@@ -215,6 +215,20 @@ fn slice(es: &EndpointSlice) -> Option<Slice> {
     })
 }
 
+/// An object of an initial list as the index will keep it: the watch reduces each object
+/// as it arrives, so a list of 10,000 routes is never held as objects and as index
+/// entries at once.
+pub struct Listed<T>(ObjKey, T);
+
+/// What the index keeps of a listed route.
+pub struct RouteEntry(RouteObj, Arc<Observed>);
+
+/// What the index keeps of a listed Service.
+pub struct ServiceEntry(Vec<SvcPort>);
+
+/// What the index keeps of a listed EndpointSlice.
+pub struct SliceEntry(Option<Slice>);
+
 /// Replaces `map` with `items`, reporting whether anything changed.
 fn replace_all<V: PartialEq>(map: &mut HashMap<ObjKey, V>, items: HashMap<ObjKey, V>) -> bool {
     let changed = *map != items;
@@ -253,16 +267,25 @@ impl ClusterIndex {
         self.routes.remove(&key).is_some()
     }
 
+    /// A route of an initial list, reduced to what the index keeps as it arrives.
+    pub fn list_route(route: &FallbackRoute) -> Listed<RouteEntry> {
+        Listed(
+            ObjKey::of(route),
+            RouteEntry(route_obj(route), observed(route)),
+        )
+    }
+
     /// The watch re-listed routes: these are all that exist.
-    pub fn reset_routes(&mut self, routes: &[FallbackRoute]) -> bool {
-        self.observed = routes
-            .iter()
-            .map(|r| (ObjKey::of(r), observed(r)))
-            .collect();
+    pub fn reset_routes(&mut self, routes: Vec<Listed<RouteEntry>>) -> bool {
+        let mut observed = HashMap::with_capacity(routes.len());
         let fresh: BTreeMap<_, _> = routes
-            .iter()
-            .map(|r| (ObjKey::of(r), route_obj(r)))
+            .into_iter()
+            .map(|Listed(key, RouteEntry(obj, seen))| {
+                observed.insert(key.clone(), seen);
+                (key, obj)
+            })
             .collect();
+        self.observed = observed;
         let changed = fresh != self.routes;
         self.routes = fresh;
         changed
@@ -283,9 +306,17 @@ impl ClusterIndex {
         self.services.remove(&ObjKey::of(svc)).is_some()
     }
 
+    /// A Service of an initial list, reduced to its ports.
+    pub fn list_service(svc: &Service) -> Listed<ServiceEntry> {
+        Listed(ObjKey::of(svc), ServiceEntry(svc_ports(svc)))
+    }
+
     /// The watch re-listed Services.
-    pub fn reset_services(&mut self, svcs: &[Service]) -> bool {
-        let fresh = svcs.iter().map(|s| (ObjKey::of(s), svc_ports(s))).collect();
+    pub fn reset_services(&mut self, svcs: Vec<Listed<ServiceEntry>>) -> bool {
+        let fresh = svcs
+            .into_iter()
+            .map(|Listed(key, ServiceEntry(ports))| (key, ports))
+            .collect();
         replace_all(&mut self.services, fresh)
     }
 
@@ -307,11 +338,17 @@ impl ClusterIndex {
         self.slices.remove(&ObjKey::of(es)).is_some()
     }
 
+    /// An EndpointSlice of an initial list, reduced to its ports and ready addresses
+    /// (nothing, without a Service label).
+    pub fn list_slice(es: &EndpointSlice) -> Listed<SliceEntry> {
+        Listed(ObjKey::of(es), SliceEntry(slice(es)))
+    }
+
     /// The watch re-listed EndpointSlices.
-    pub fn reset_slices(&mut self, slices: &[EndpointSlice]) -> bool {
+    pub fn reset_slices(&mut self, slices: Vec<Listed<SliceEntry>>) -> bool {
         let fresh = slices
-            .iter()
-            .filter_map(|es| Some((ObjKey::of(es), slice(es)?)))
+            .into_iter()
+            .filter_map(|Listed(key, SliceEntry(s))| Some((key, s?)))
             .collect();
         replace_all(&mut self.slices, fresh)
     }
@@ -892,8 +929,8 @@ mod tests {
         let svc = mk_service("web", "php", &[(None, 80)]);
         assert!(idx.apply_service(&svc));
         assert!(!idx.apply_service(&svc));
-        assert!(idx.reset_routes(&[]));
-        assert!(idx.reset_services(&[]));
+        assert!(idx.reset_routes(Vec::new()));
+        assert!(idx.reset_services(Vec::new()));
         assert!(idx.build().table.routes().is_empty());
     }
 }

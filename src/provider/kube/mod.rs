@@ -27,7 +27,9 @@ use tokio::sync::{watch, Notify};
 
 use crate::admin::Readiness;
 use crate::api::FallbackRoute;
-use crate::index::cluster::{ClusterIndex, IndexOptions};
+use crate::index::cluster::{
+    ClusterIndex, IndexOptions, Listed, RouteEntry, ServiceEntry, SliceEntry,
+};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 
@@ -73,21 +75,28 @@ trait Indexed: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sy
     const KIND: &'static str;
     /// Field selector narrowing the watch.
     const FIELDS: Option<&'static str> = None;
+    /// What an initial list holds of each object until the list is complete.
+    type Listed: Send;
     fn apply(idx: &mut ClusterIndex, obj: &Self) -> bool;
     fn delete(idx: &mut ClusterIndex, obj: &Self) -> bool;
-    fn reset(idx: &mut ClusterIndex, all: &[Self]) -> bool;
+    fn list(obj: Self) -> Self::Listed;
+    fn reset(idx: &mut ClusterIndex, all: Vec<Self::Listed>) -> bool;
 }
 
 impl Indexed for FallbackRoute {
     const SLOT: usize = 0;
     const KIND: &'static str = "FallbackRoute";
+    type Listed = Listed<RouteEntry>;
     fn apply(idx: &mut ClusterIndex, obj: &Self) -> bool {
         idx.apply_route(obj)
     }
     fn delete(idx: &mut ClusterIndex, obj: &Self) -> bool {
         idx.delete_route(obj)
     }
-    fn reset(idx: &mut ClusterIndex, all: &[Self]) -> bool {
+    fn list(obj: Self) -> Self::Listed {
+        ClusterIndex::list_route(&obj)
+    }
+    fn reset(idx: &mut ClusterIndex, all: Vec<Self::Listed>) -> bool {
         idx.reset_routes(all)
     }
 }
@@ -95,13 +104,17 @@ impl Indexed for FallbackRoute {
 impl Indexed for Service {
     const SLOT: usize = 1;
     const KIND: &'static str = "Service";
+    type Listed = Listed<ServiceEntry>;
     fn apply(idx: &mut ClusterIndex, obj: &Self) -> bool {
         idx.apply_service(obj)
     }
     fn delete(idx: &mut ClusterIndex, obj: &Self) -> bool {
         idx.delete_service(obj)
     }
-    fn reset(idx: &mut ClusterIndex, all: &[Self]) -> bool {
+    fn list(obj: Self) -> Self::Listed {
+        ClusterIndex::list_service(&obj)
+    }
+    fn reset(idx: &mut ClusterIndex, all: Vec<Self::Listed>) -> bool {
         idx.reset_services(all)
     }
 }
@@ -112,27 +125,36 @@ impl Indexed for Secret {
     const SLOT: usize = 3;
     const KIND: &'static str = "Secret";
     const FIELDS: Option<&'static str> = Some("type=kubernetes.io/tls");
+    type Listed = Secret;
     fn apply(idx: &mut ClusterIndex, obj: &Self) -> bool {
         idx.apply_secret(obj, crate::tls::unix_now())
     }
     fn delete(idx: &mut ClusterIndex, obj: &Self) -> bool {
         idx.delete_secret(obj)
     }
-    fn reset(idx: &mut ClusterIndex, all: &[Self]) -> bool {
-        idx.reset_secrets(all, crate::tls::unix_now())
+    // Secrets are few, and parsed with the time of the reset: kept whole until then.
+    fn list(obj: Self) -> Self {
+        obj
+    }
+    fn reset(idx: &mut ClusterIndex, all: Vec<Self>) -> bool {
+        idx.reset_secrets(&all, crate::tls::unix_now())
     }
 }
 
 impl Indexed for EndpointSlice {
     const SLOT: usize = 2;
     const KIND: &'static str = "EndpointSlice";
+    type Listed = Listed<SliceEntry>;
     fn apply(idx: &mut ClusterIndex, obj: &Self) -> bool {
         idx.apply_slice(obj)
     }
     fn delete(idx: &mut ClusterIndex, obj: &Self) -> bool {
         idx.delete_slice(obj)
     }
-    fn reset(idx: &mut ClusterIndex, all: &[Self]) -> bool {
+    fn list(obj: Self) -> Self::Listed {
+        ClusterIndex::list_slice(&obj)
+    }
+    fn reset(idx: &mut ClusterIndex, all: Vec<Self::Listed>) -> bool {
         idx.reset_slices(all)
     }
 }
@@ -230,12 +252,11 @@ async fn watch_kind<K: Indexed>(api: Api<K>, shared: Arc<Shared>) {
                 false
             }
             Ok(Event::InitApply(obj)) => {
-                initial.push(obj);
+                initial.push(K::list(obj));
                 false
             }
             Ok(Event::InitDone) => {
-                let changed = K::reset(&mut shared.index(), &initial);
-                initial = Vec::new();
+                let changed = K::reset(&mut shared.index(), std::mem::take(&mut initial));
                 let first = !shared.synced[K::SLOT].swap(true, Ordering::AcqRel);
                 if first {
                     tracing::info!(kind = K::KIND, "initial list received");

@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Version;
 
@@ -21,8 +21,9 @@ pub const MAX_FIELD: usize = 2048;
 
 /// Appends `entry` as a text line.
 pub fn text(entry: &Entry, out: &mut Vec<u8>) {
-    let rfc3339 = humantime::format_rfc3339_millis(entry.time).to_string();
-    let _ = write!(out, "{} - - [{}] \"", entry.client, time_local(&rfc3339));
+    let _ = write!(out, "{} - - [", entry.client);
+    time_local(out, entry.time);
+    out.extend_from_slice(b"] \"");
     escaped_text(out, entry.method.as_str().as_bytes());
     out.push(b' ');
     escaped_text(out, target(entry).as_bytes());
@@ -65,7 +66,8 @@ pub fn text(entry: &Entry, out: &mut Vec<u8>) {
                     }
                     None => out.push(b'-'),
                 }
-                let _ = write!(out, " {name}_duration={}", seconds(*duration));
+                let _ = write!(out, " {name}_duration=");
+                seconds(out, *duration);
             }
             None => {
                 let _ = write!(out, " {name}=- {name}_status=- {name}_duration=-");
@@ -74,66 +76,83 @@ pub fn text(entry: &Entry, out: &mut Vec<u8>) {
     }
     let _ = write!(
         out,
-        " fallback_reason={} fallback_skipped={} error={} bytes_received={} duration={} request_id=\"",
+        " fallback_reason={} fallback_skipped={} error={} bytes_received={} duration=",
         entry.fallback_reason.unwrap_or("-"),
         entry.fallback_skipped.unwrap_or("-"),
         entry.error.unwrap_or("-"),
         entry.bytes_received,
-        seconds(entry.duration),
     );
+    seconds(out, entry.duration);
+    out.extend_from_slice(b" request_id=\"");
     escaped_text(out, entry.request_id.as_bytes());
     out.extend_from_slice(b"\"\n");
 }
 
-/// Appends `entry` as a JSON line.
+/// Appends `entry` as a JSON line. Written a byte string at a time, without `fmt`: it
+/// runs once per request on the proxy's workers.
 pub fn json(entry: &Entry, out: &mut Vec<u8>) {
-    let time = humantime::format_rfc3339_millis(entry.time);
-    let _ = write!(
-        out,
-        "{{\"time\":\"{time}\",\"client\":\"{}\",\"method\":",
-        entry.client
-    );
+    out.extend_from_slice(b"{\"time\":\"");
+    rfc3339_millis(out, entry.time);
+    out.extend_from_slice(b"\",\"client\":\"");
+    let _ = write!(out, "{}", entry.client);
+    out.extend_from_slice(b"\",\"method\":");
     json_str(out, entry.method.as_str().as_bytes());
     out.extend_from_slice(b",\"host\":");
     json_opt(out, entry.host.as_deref().map(str::as_bytes));
     out.extend_from_slice(b",\"target\":");
     json_str(out, target(entry).as_bytes());
-    let _ = write!(
-        out,
-        ",\"protocol\":\"{}\",\"status\":{},\"bytes_sent\":{},\"bytes_received\":{},\"duration\":{}",
-        protocol(entry.version),
-        entry.status,
-        entry.bytes_sent,
-        entry.bytes_received,
-        seconds(entry.duration)
-    );
+    out.extend_from_slice(b",\"protocol\":\"");
+    out.extend_from_slice(protocol(entry.version).as_bytes());
+    out.extend_from_slice(b"\",\"status\":");
+    number(out, entry.status.into());
+    out.extend_from_slice(b",\"bytes_sent\":");
+    number(out, entry.bytes_sent);
+    out.extend_from_slice(b",\"bytes_received\":");
+    number(out, entry.bytes_received);
+    out.extend_from_slice(b",\"duration\":");
+    seconds(out, entry.duration);
     out.extend_from_slice(b",\"route\":");
     json_opt(out, entry.route.as_deref().map(str::as_bytes));
-    let _ = write!(out, ",\"backend\":\"{}\"", entry.backend);
-    for (name, tried) in [("primary", &entry.primary), ("fallback", &entry.fallback)] {
-        let _ = write!(out, ",\"{name}_addr\":");
+    out.extend_from_slice(b",\"backend\":\"");
+    out.extend_from_slice(entry.backend.as_bytes());
+    out.push(b'"');
+    for (keys, tried) in [
+        (
+            [
+                b",\"primary_addr\":".as_slice(),
+                b",\"primary_status\":",
+                b",\"primary_duration\":",
+            ],
+            &entry.primary,
+        ),
+        (
+            [
+                b",\"fallback_addr\":".as_slice(),
+                b",\"fallback_status\":",
+                b",\"fallback_duration\":",
+            ],
+            &entry.fallback,
+        ),
+    ] {
+        out.extend_from_slice(keys[0]);
         json_opt(out, tried.as_ref().map(|t| t.addr.as_bytes()));
-        let _ = write!(out, ",\"{name}_status\":");
+        out.extend_from_slice(keys[1]);
         match tried.as_ref().and_then(|t| t.status) {
-            Some(status) => {
-                let _ = write!(out, "{status}");
-            }
+            Some(status) => number(out, status.into()),
             None => out.extend_from_slice(b"null"),
         }
-        let _ = write!(out, ",\"{name}_duration\":");
+        out.extend_from_slice(keys[2]);
         match tried {
-            Some(t) => {
-                let _ = write!(out, "{}", seconds(t.duration));
-            }
+            Some(t) => seconds(out, t.duration),
             None => out.extend_from_slice(b"null"),
         }
     }
-    for (name, value) in [
-        ("fallback_reason", entry.fallback_reason),
-        ("fallback_skipped", entry.fallback_skipped),
-        ("error", entry.error),
+    for (key, value) in [
+        (b",\"fallback_reason\":".as_slice(), entry.fallback_reason),
+        (b",\"fallback_skipped\":", entry.fallback_skipped),
+        (b",\"error\":", entry.error),
     ] {
-        let _ = write!(out, ",\"{name}\":");
+        out.extend_from_slice(key);
         json_opt(out, value.map(str::as_bytes));
     }
     out.extend_from_slice(b",\"request_id\":");
@@ -145,24 +164,92 @@ pub fn json(entry: &Entry, out: &mut Vec<u8>) {
     out.extend_from_slice(b"}\n");
 }
 
-/// nginx's `$time_local` in UTC (`03/Dec/2026:18:04:05 +0000`), from RFC 3339 text.
-fn time_local(rfc3339: &str) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+/// A decimal number.
+fn number(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// `n` in `width` digits, zero-padded.
+fn padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n).as_bytes();
+    out.extend(std::iter::repeat_n(
+        b'0',
+        width.saturating_sub(digits.len()),
+    ));
+    out.extend_from_slice(digits);
+}
+
+/// Seconds with microseconds, as a number, rounded as `{:.6}` would.
+fn seconds(out: &mut Vec<u8>, duration: Duration) {
+    let micros = (duration.as_nanos() + 500) / 1000;
+    number(out, (micros / 1_000_000) as u64);
+    out.push(b'.');
+    padded(out, (micros % 1_000_000) as u64, 6);
+}
+
+/// The UTC calendar of `time`: year, month (1-12), day, hour, minute, second, and the
+/// millisecond. Days to a date by Howard Hinnant's `civil_from_days`.
+fn utc(time: SystemTime) -> [u64; 7] {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (secs, millis) = (since.as_secs(), u64::from(since.subsec_millis()));
+    let (days, of_day) = (secs / 86_400, secs % 86_400);
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    [
+        year,
+        month,
+        day,
+        of_day / 3_600,
+        of_day / 60 % 60,
+        of_day % 60,
+        millis,
+    ]
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn rfc3339_millis(out: &mut Vec<u8>, time: SystemTime) {
+    let [year, month, day, hour, minute, second, millis] = utc(time);
+    padded(out, year, 4);
+    for (sep, n) in [
+        (b'-', month),
+        (b'-', day),
+        (b'T', hour),
+        (b':', minute),
+        (b':', second),
+    ] {
+        out.push(sep);
+        padded(out, n, 2);
+    }
+    out.push(b'.');
+    padded(out, millis, 3);
+    out.push(b'Z');
+}
+
+/// nginx's `$time_local` in UTC: `03/Dec/2026:18:04:05 +0000`.
+fn time_local(out: &mut Vec<u8>, time: SystemTime) {
+    const MONTHS: [&[u8]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
     ];
-    // `YYYY-MM-DDTHH:MM:SS.mmmZ`, as humantime writes it.
-    let month = rfc3339
-        .get(5..7)
-        .and_then(|m| m.parse::<usize>().ok())
-        .and_then(|m| MONTHS.get(m.wrapping_sub(1)))
-        .copied()
-        .unwrap_or("Jan");
-    format!(
-        "{}/{month}/{}:{} +0000",
-        rfc3339.get(8..10).unwrap_or("01"),
-        rfc3339.get(0..4).unwrap_or("1970"),
-        rfc3339.get(11..19).unwrap_or("00:00:00"),
-    )
+    let [year, month, day, hour, minute, second, _] = utc(time);
+    padded(out, day, 2);
+    out.push(b'/');
+    out.extend_from_slice(MONTHS[(month as usize - 1) % 12]);
+    out.push(b'/');
+    padded(out, year, 4);
+    for n in [hour, minute, second] {
+        out.push(b':');
+        padded(out, n, 2);
+    }
+    out.extend_from_slice(b" +0000");
 }
 
 fn protocol(version: Version) -> &'static str {
@@ -171,11 +258,6 @@ fn protocol(version: Version) -> &'static str {
         Version::HTTP_2 => "HTTP/2.0",
         _ => "HTTP/1.1",
     }
-}
-
-/// Seconds with microseconds, as a number.
-fn seconds(duration: Duration) -> String {
-    format!("{:.6}", duration.as_secs_f64())
 }
 
 /// The target as sent: origin-form as it is, absolute-form whole.
@@ -221,6 +303,14 @@ fn cut(bytes: &[u8]) -> (&[u8], bool) {
 
 /// A JSON string of client-chosen bytes, cut at [`MAX_FIELD`]; invalid UTF-8 replaced.
 fn json_str(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Most fields are printable ASCII with nothing to escape: copied as they are.
+    let plain = |b: &u8| (0x20..0x7f).contains(b) && *b != b'"' && *b != b'\\';
+    if bytes.len() <= MAX_FIELD && bytes.iter().all(plain) {
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let (bytes, cut) = cut(bytes);
     let text = String::from_utf8_lossy(bytes);
     let text: Cow<'_, str> = if cut {
@@ -275,6 +365,53 @@ mod tests {
             fallback_skipped: None,
             error: None,
             request_id: HeaderValue::from_static("0af7651916cd43dd8448eb211c80319c"),
+        }
+    }
+
+    #[test]
+    fn times_are_the_calendar_humantime_gives() {
+        // The epoch, leap days, century rules, month ends, and now.
+        for secs in [
+            0u64,
+            59,
+            86_399,
+            951_782_400,     // 2000-02-29
+            951_868_800,     // 2000-03-01
+            1_709_164_800,   // 2024-02-29
+            1_735_689_599,   // 2024-12-31T23:59:59
+            4_107_542_400,   // 2100-03-01 (2100 is no leap year)
+            253_402_300_799, // 9999-12-31T23:59:59
+        ]
+        .into_iter()
+        .chain((0..2_000).map(|i| 1_700_000_000 + i * 1_234_567))
+        {
+            let time = UNIX_EPOCH + Duration::from_millis(secs * 1000 + secs % 1000);
+            let mut ours = Vec::new();
+            rfc3339_millis(&mut ours, time);
+            let theirs = humantime::format_rfc3339_millis(time).to_string();
+            assert_eq!(String::from_utf8(ours).unwrap(), theirs, "at {secs}");
+        }
+        let mut local = Vec::new();
+        time_local(&mut local, UNIX_EPOCH + Duration::from_secs(1_764_785_045));
+        assert_eq!(local, b"03/Dec/2025:18:04:05 +0000");
+    }
+
+    #[test]
+    fn durations_are_seconds_rounded_to_the_microsecond() {
+        for (duration, text) in [
+            (Duration::ZERO, "0.000000"),
+            (Duration::from_nanos(499), "0.000000"),
+            (Duration::from_nanos(500), "0.000001"),
+            (Duration::from_micros(4_250), "0.004250"),
+            (Duration::from_nanos(999_999_500), "1.000000"),
+            (
+                Duration::from_secs(3_600) + Duration::from_micros(7),
+                "3600.000007",
+            ),
+        ] {
+            let mut out = Vec::new();
+            seconds(&mut out, duration);
+            assert_eq!(String::from_utf8(out).unwrap(), text);
         }
     }
 

@@ -224,16 +224,7 @@ impl UpstreamHead {
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        m
-    }
+    use crate::proxy::h1::head::tests::map;
 
     fn upstream(trusted: bool, sent: &[(&str, &str)], host: &'static str) -> UpstreamHead {
         let mut parts = http::Request::new(()).into_parts().0;

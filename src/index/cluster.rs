@@ -10,47 +10,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use http::uri::Authority;
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::{Resource, ResourceExt};
 
 pub use super::conditions::DesiredCondition;
 use super::conditions::{accepted, rejected};
+use super::watched::{observed, route_obj, slice, svc_ports, RouteObj, Slice, SvcPort};
+pub use super::watched::{Listed, ObjKey, Observed, RouteEntry, ServiceEntry, SliceEntry};
 use super::{route_from_spec, Context, Services, Unresolved};
 use crate::api::{FallbackRoute, FallbackRouteSpec};
 use crate::routes::{Answerer, HostMatch, RouteTable, Timeouts};
 use crate::tls::{Certificate, InvalidCertificate};
-
-/// The label EndpointSlices carry to name their Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-
-/// A namespaced object's identity.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ObjKey {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-}
-
-impl ObjKey {
-    /// The key of a namespaced object.
-    pub fn of(obj: &impl ResourceExt) -> ObjKey {
-        ObjKey {
-            namespace: obj.namespace().unwrap_or_default(),
-            name: obj.name_any(),
-        }
-    }
-}
-
-impl std::fmt::Display for ObjKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// Settings of the controller that shape the table.
 #[derive(Clone, Debug)]
@@ -63,37 +34,6 @@ pub struct IndexOptions {
     pub defaults: Timeouts,
     /// TLS Secret served for unknown or missing SNI.
     pub default_certificate: Option<ObjKey>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-struct RouteObj {
-    spec: FallbackRouteSpec,
-    generation: Option<i64>,
-    created: Option<Time>,
-}
-
-/// What the cluster currently says about a route: where to report, and its status.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Observed {
-    /// Reference for Events.
-    pub reference: ObjectReference,
-    /// Conditions as last seen on the object.
-    pub conditions: Vec<Condition>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-struct SvcPort {
-    name: Option<String>,
-    port: i32,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-struct Slice {
-    service: ObjKey,
-    /// (port name, port number) pairs.
-    ports: Vec<(Option<String>, i32)>,
-    /// Addresses of ready endpoints.
-    ready: Vec<String>,
 }
 
 /// The status a route should have after a build.
@@ -154,80 +94,6 @@ pub struct ClusterIndex {
     slices: HashMap<ObjKey, Slice>,
     secrets: HashMap<ObjKey, SecretCert>,
 }
-
-fn observed(route: &FallbackRoute) -> Arc<Observed> {
-    Arc::new(Observed {
-        reference: route.object_ref(&()),
-        conditions: route
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default(),
-    })
-}
-
-fn route_obj(route: &FallbackRoute) -> RouteObj {
-    RouteObj {
-        spec: route.spec.clone(),
-        generation: route.metadata.generation,
-        created: route.metadata.creation_timestamp.clone(),
-    }
-}
-
-fn svc_ports(svc: &Service) -> Vec<SvcPort> {
-    svc.spec
-        .as_ref()
-        .and_then(|s| s.ports.as_ref())
-        .map(|ports| {
-            ports
-                .iter()
-                .map(|p| SvcPort {
-                    name: p.name.clone().filter(|n| !n.is_empty()),
-                    port: p.port,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn slice(es: &EndpointSlice) -> Option<Slice> {
-    let service = es.labels().get(SERVICE_NAME_LABEL)?.clone();
-    let ports = es
-        .ports
-        .iter()
-        .flatten()
-        .filter_map(|p| Some((p.name.clone().filter(|n| !n.is_empty()), p.port?)))
-        .collect();
-    let ready = es
-        .endpoints
-        .iter()
-        // A missing `ready` means ready, per the EndpointSlice API.
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-        .flat_map(|e| e.addresses.iter().cloned())
-        .collect();
-    Some(Slice {
-        service: ObjKey {
-            namespace: es.namespace().unwrap_or_default(),
-            name: service,
-        },
-        ports,
-        ready,
-    })
-}
-
-/// An object of an initial list as the index will keep it: the watch reduces each object
-/// as it arrives, so a list of 10,000 routes is never held as objects and as index
-/// entries at once.
-pub struct Listed<T>(ObjKey, T);
-
-/// What the index keeps of a listed route.
-pub struct RouteEntry(RouteObj, Arc<Observed>);
-
-/// What the index keeps of a listed Service.
-pub struct ServiceEntry(Vec<SvcPort>);
-
-/// What the index keeps of a listed EndpointSlice.
-pub struct SliceEntry(Option<Slice>);
 
 /// Replaces `map` with `items`, reporting whether anything changed.
 fn replace_all<V: PartialEq>(map: &mut HashMap<ObjKey, V>, items: HashMap<ObjKey, V>) -> bool {
@@ -631,11 +497,12 @@ impl Services for ClusterIndex {
 
 #[cfg(test)]
 mod tests {
+    use super::super::watched::SERVICE_NAME_LABEL;
     use super::*;
     use crate::api::{BackendRef, ServiceRef};
     use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use k8s_openapi::jiff::Timestamp;
 
     fn svc_ref(name: &str, port: IntOrString) -> BackendRef {

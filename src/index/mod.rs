@@ -19,6 +19,7 @@ pub mod cluster;
 mod conditions;
 #[cfg(test)]
 mod tests;
+mod watched;
 
 /// What validation needs to know beyond the spec.
 pub struct Context<'a> {
